@@ -1,0 +1,1 @@
+"""The science: datasets, models, training and scores. Pure Python + torch; never imports datajoint."""

@@ -1,0 +1,38 @@
+"""v1fabrik: SENSORIUM baseline models of mouse V1, trained and scored through DataJoint 2."""
+from setuptools import find_packages, setup
+
+setup(
+    name="v1fabrik",
+    version="0.1.0",
+    description="Predictive models of mouse visual cortex on a shared DataJoint 2 database",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipeline", "pipeline.*", "schemas", "schemas.*"]),
+    install_requires=[
+        # 2.13.0 is the CPU wheel on this machine's disk; GPU images install their own CUDA build.
+        "torch>=2.6,<2.15",
+        "datajoint>=2.3,<2.4",
+        "numpy>=1.24",
+        "pandas>=2.0",
+        "tqdm>=4.60",
+        "pyyaml>=6.0",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "hypothesis>=6.0",
+            # The reference implementation we compare against (imported behind shims in tests/reference.py).
+            "neuralpredictors==0.3.0",
+            "scikit-image>=0.19.1",
+            "scipy>=1.9",
+            "h5py>=3.0",
+            "nbclient>=0.7",
+            "nbformat>=5.0",
+            "ipykernel>=6.0",
+        ],
+        "postgres": ["psycopg2-binary>=2.9"],
+    },
+    entry_points={"console_scripts": ["v1fabrik=schemas.cli:main"]},
+)
