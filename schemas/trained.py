@@ -1,0 +1,224 @@
+"""TrainedModel: one trained model per Dataset x Model x Trainer x Seed, with its weights and checkpoints.
+
+Training runs in ``make_compute`` with no open transaction. Each epoch the trainer's callback
+replaces the key's single ``Checkpoint`` row (autocommitted), so a job that dies resumes from
+its last finished epoch; ``make_insert`` writes the result and weights and deletes the checkpoint
+in one transaction.
+"""
+import functools
+import inspect
+import logging
+import socket
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import datajoint as dj
+import numpy as np
+import torch
+
+from pipeline import builder
+
+from .recipes import Dataset, Fabrikant, Model, Seed, Trainer
+
+logger = logging.getLogger(__name__)
+
+_TENSOR_TAG = "__tensor__"
+
+
+def to_numpy_tree(obj):
+    """Tensors in a nested dict/list/tuple become tagged numpy arrays, storable as ``<blob>``."""
+    if isinstance(obj, torch.Tensor):
+        return {_TENSOR_TAG: obj.detach().cpu().numpy()}
+    if isinstance(obj, dict):
+        return {k: to_numpy_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_numpy_tree(v) for v in obj)
+    return obj
+
+
+def from_numpy_tree(obj):
+    """Inverse of :func:`to_numpy_tree`: tagged arrays become tensors again."""
+    if isinstance(obj, dict):
+        if obj.keys() == {_TENSOR_TAG}:
+            return torch.as_tensor(np.asarray(obj[_TENSOR_TAG]))
+        return {k: from_numpy_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(from_numpy_tree(v) for v in obj)
+    return obj
+
+
+def weights_to_numpy(state_dict) -> dict:
+    """A torch state_dict as ``{name: numpy array}`` (exact copy, CPU)."""
+    return {name: tensor.detach().cpu().numpy() for name, tensor in state_dict.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """``<package version>+g<commit>[.dirty]`` of the installed v1fabrik, or the version alone outside git."""
+    try:
+        version = metadata.version("v1fabrik")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return version
+    if not commit:
+        return version
+    return f"{version}+g{commit}{'.dirty' if dirty else ''}"
+
+
+def _accepts(fn, name) -> bool:
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+class Checkpoint(dj.Manual):
+    definition = """
+    # the latest resumable training state of a job; one row per key, replaced every epoch
+    -> Dataset
+    -> Model
+    -> Trainer
+    -> Seed
+    ---
+    epoch : int32                 # last finished epoch
+    state : <blob>                # trainer state (see schemas.trained.to_numpy_tree)
+    checkpoint_host = "" : varchar(255)
+    checkpoint_ts = CURRENT_TIMESTAMP : datetime
+    """
+
+
+class TrainedModel(dj.Computed):
+    definition = """
+    # a trained model: score, training history and provenance; weights in the part table
+    -> Dataset
+    -> Model
+    -> Trainer
+    -> Seed
+    ---
+    score : float64               # the trainer's score (validation correlation for standard_trainer)
+    output : <blob>               # the trainer's output, e.g. the per-epoch history
+    ->[nullable] Fabrikant        # who ran the worker
+    comment = "" : varchar(800)   # trainer, model and dataset comments joined by "."
+    code_version : varchar(128)   # v1fabrik version + git commit (+ ".dirty")
+    host : varchar(255)
+    device : varchar(32)
+    duration : float64            # seconds spent in training
+    trainedmodel_ts = CURRENT_TIMESTAMP : datetime
+    """
+
+    # Device used by make_compute; the worker sets it (None: the trainer config decides).
+    device = None
+
+    class Weights(dj.Part):
+        definition = """
+        # the trained weights
+        -> master
+        ---
+        state_dict : <blob>       # {parameter name: numpy array}; exact round trip, no pickle
+        """
+
+    # --- tripartite make -------------------------------------------------------------------
+    def make_fetch(self, key):
+        """The three recipes and the seed (cheap and deterministic)."""
+        recipes = []
+        for table in (Dataset, Model, Trainer):
+            r = table.role
+            recipes.append((table & key).fetch1(f"{r}_fn", f"{r}_config", f"{r}_comment"))
+        return (*recipes, key["seed"])
+
+    def make_compute(self, key, dataset, model, trainer, seed):
+        """Build data and model, train (resuming from a checkpoint), return the result. No transaction."""
+        (dataset_fn, dataset_config, _), (model_fn, model_config, _), (trainer_fn, trainer_config, _) = dataset, model, trainer
+        trainer_fn = builder.resolve_fn(trainer_fn)
+        for name in (dataset_fn, model_fn):
+            builder.resolve_fn(name)
+        dataloaders, net = builder.get_all_parts(dataset_fn, dataset_config, model_fn, model_config, seed=seed)
+        kwargs = dict(trainer_config)
+        if self.device is not None and _accepts(trainer_fn, "device"):
+            kwargs["device"] = self.device
+        checkpoint = (Checkpoint & key).to_dicts()
+        if checkpoint:
+            if _accepts(trainer_fn, "resume_state"):
+                logger.info("resuming %s from its checkpoint at epoch %d", _describe(key), checkpoint[0]["epoch"])
+                kwargs["resume_state"] = from_numpy_tree(checkpoint[0]["state"])
+            else:
+                logger.warning("%s has a checkpoint but its trainer takes no resume_state; starting over", _describe(key))
+
+        def save_checkpoint(epoch=None, state=None, **_):
+            if state is not None:
+                Checkpoint.insert1(
+                    {**key, "epoch": epoch, "state": to_numpy_tree(state), "checkpoint_host": socket.gethostname()},
+                    replace=True,
+                )
+
+        start = time.time()
+        score, output, state_dict = trainer_fn(model=net, dataloaders=dataloaders, seed=seed, uid=key, cb=save_checkpoint, **kwargs)
+        duration = time.time() - start
+        score = float(score)
+        if not np.isfinite(score):
+            raise ValueError(f"trainer {trainer[0]} returned a non-finite score {score} for {_describe(key)}")
+        device = str(next(net.parameters(), torch.empty(0)).device)
+        comment = ".".join(recipe[2] for recipe in (trainer, model, dataset))[:800]
+        return score, to_numpy_tree(output), weights_to_numpy(state_dict), comment, device, duration
+
+    def make_insert(self, key, score, output, weights, comment, device, duration):
+        """Write the result and weights and drop the checkpoint, in make's transaction."""
+        self.insert1(
+            {
+                **key,
+                "score": score,
+                "output": output,
+                "fabrikant_name": Fabrikant.get_current_user(),
+                "comment": comment,
+                "code_version": code_version(),
+                "host": socket.gethostname()[:255],
+                "device": device,
+                "duration": duration,
+            }
+        )
+        self.Weights.insert1({**key, "state_dict": weights})
+        (Checkpoint & key).delete_quick()
+
+    # --- reading results ---------------------------------------------------------------------
+    def get_full_config(self, key=None, include_state_dict=True, include_trainer=True) -> dict:
+        """The keyword arguments of :func:`pipeline.builder.get_all_parts` for ``key``: configs, seed, weights."""
+        key = self._one_key(key)
+        config = {}
+        for table in (Dataset, Model) + ((Trainer,) if include_trainer else ()):
+            fn, cfg = table().fn_config(key)
+            config[f"{table.role}_fn"], config[f"{table.role}_config"] = fn, cfg
+        config["seed"] = key["seed"]
+        if include_state_dict:
+            config["state_dict"] = (self.Weights & key).fetch1("state_dict")
+        return config
+
+    def load_model(self, key=None, include_dataloader=True, include_trainer=False, include_state_dict=True, seed=None):
+        """Rebuild ``(dataloaders, model)`` of ``key`` with its stored weights (``model`` alone without dataloaders)."""
+        config = self.get_full_config(key, include_state_dict=include_state_dict, include_trainer=include_trainer)
+        if seed is not None:
+            config["seed"] = seed
+        parts = builder.get_all_parts(**config)
+        if include_dataloader:
+            return parts
+        return parts[1:] if include_trainer else parts[1]
+
+    def _one_key(self, key):
+        if key is None:
+            return self.fetch1("KEY")
+        keys = (self & key).keys()
+        if len(keys) != 1:
+            raise ValueError(f"{len(keys)} trained models match {key}; give a key that selects exactly one")
+        return keys[0]
+
+
+def _describe(key) -> str:
+    return f"{key['dataset_fn']}/{key['model_fn']}/{key['trainer_fn']} seed {key['seed']}"
