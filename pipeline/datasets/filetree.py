@@ -1,0 +1,213 @@
+"""Reading and validating a SENSORIUM static file tree (a folder or a ``.zip``), read-only.
+
+Layout (one ``.npy`` per trial under ``data/``)::
+
+    static27204-5-13-GrayImageNet-<hash>/
+        data/{images,responses,behavior,pupil_center}/<k>.npy
+        meta/neurons/*.npy  meta/trials/*.npy  meta/statistics/<field>/all/{mean,std,...}.npy
+
+Each data folder is read once into one contiguous array (``FileTree.load``). Unlike the reference
+reader, nothing is ever written into the data folder: zips are extracted into a user cache folder.
+"""
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+TRIAL_FIELDS = ("images", "responses", "behavior", "pupil_center")
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file or folder is missing, unreadable or inconsistent with the rest of the tree."""
+
+
+class AttrDict(dict):
+    """A dict whose keys are also attributes (``stats.images.all.mean``), like the reference handlers."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __dir__(self):
+        return list(self.keys())
+
+
+def cache_dir() -> Path:
+    """The folder zips are extracted into: ``$V1FABRIK_CACHE`` or ``~/.cache/v1fabrik``."""
+    root = os.environ.get("V1FABRIK_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "v1fabrik"
+    return Path(root) / "datasets"
+
+
+def resolve(path) -> Path:
+    """Return the dataset folder for ``path``, extracting a ``.zip`` into the cache once."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {path} does not exist")
+    if path.is_dir():
+        return path
+    if path.suffix != ".zip":
+        raise DatasetFormatError(f"dataset {path} is neither a folder nor a .zip file")
+    stat = path.stat()
+    tag = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / f"{path.stem}-{tag}"
+    folder = target / path.stem
+    if not folder.is_dir():
+        _extract(path, target)
+    if not folder.is_dir():
+        raise DatasetFormatError(f"{path} does not contain the top-level folder {path.stem}/")
+    return folder
+
+
+def _extract(zip_path: Path, target: Path) -> None:
+    """Extract into a temporary sibling folder, then rename, so no half-extracted tree remains."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
+    logger.info("extracting %s into %s", zip_path, target)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                raise DatasetFormatError(f"{zip_path} is corrupt (first bad member: {bad})")
+            archive.extractall(tmp)
+        tmp.rename(target)
+    except zipfile.BadZipFile as err:
+        raise DatasetFormatError(f"{zip_path} is not a readable zip file ({err})") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DatasetFormatError(f"cannot read {path}: {err}") from None
+
+
+def _load_folder(folder: Path) -> AttrDict:
+    """Every ``*.npy`` in ``folder`` (recursively for sub-folders) as a nested ``AttrDict``."""
+    out = AttrDict()
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir():
+            out[entry.name] = _load_folder(entry)
+        elif entry.suffix == ".npy":
+            out[entry.stem] = _load_npy(entry)
+    return out
+
+
+def _stack_trials(folder: Path, n_trials: int) -> np.ndarray:
+    """Read ``folder/0.npy .. folder/<n-1>.npy`` into one contiguous array.
+
+    All files written by one ``np.save`` call share their header, so the header is parsed once and
+    each file is read as raw bytes after it; a file with a different header is read with ``np.load``.
+    """
+    first = folder / "0.npy"
+    if not first.exists():
+        raise DatasetFormatError(f"{first} is missing")
+    with open(first, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        header = fh.tell()
+        fh.seek(0)
+        prefix = fh.read(header)
+    if dtype.hasobject:
+        raise DatasetFormatError(f"{first} holds Python objects; only numeric arrays are supported")
+    out = np.empty((n_trials, *shape), dtype=dtype)
+    nbytes = out[0].nbytes
+    for k in range(n_trials):
+        path = folder / f"{k}.npy"
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            raise DatasetFormatError(f"{path} is missing (expected trials 0..{n_trials - 1})") from None
+        if raw[:header] == prefix and len(raw) == header + nbytes and not fortran:
+            out[k] = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+        else:
+            value = _load_npy(path)
+            if value.shape != tuple(shape):
+                raise DatasetFormatError(f"{path} has shape {value.shape}, but {first} has {tuple(shape)}")
+            out[k] = value
+    return out
+
+
+class FileTree:
+    """A validated, read-only view of one static file tree.
+
+    Attributes:
+        path: the dataset folder.
+        neurons, trial_info, statistics: the ``meta/`` arrays as nested ``AttrDict``s.
+        n_trials: number of trials (length of ``meta/trials/tiers.npy``).
+    """
+
+    def __init__(self, path):
+        self.source = Path(path)
+        self.path = resolve(path)
+        for sub in ("data", "meta/neurons", "meta/trials", "meta/statistics"):
+            if not (self.path / sub).is_dir():
+                raise DatasetFormatError(f"{self.path / sub} is missing: not a static file tree")
+        self.neurons = _load_folder(self.path / "meta/neurons")
+        self.trial_info = _load_folder(self.path / "meta/trials")
+        self.statistics = _load_folder(self.path / "meta/statistics")
+        for name in ("tiers", "unit_ids"):
+            group = "trials" if name == "tiers" else "neurons"
+            if name not in (self.trial_info if group == "trials" else self.neurons):
+                raise DatasetFormatError(f"{self.path / 'meta' / group / (name + '.npy')} is missing")
+        self.n_trials = len(self.trial_info.tiers)
+        self.n_neurons = len(self.neurons.unit_ids)
+        self._check_meta_lengths()
+
+    def _check_meta_lengths(self):
+        for group, arrays, n in (("trials", self.trial_info, self.n_trials), ("neurons", self.neurons, self.n_neurons)):
+            for name, value in arrays.items():
+                if isinstance(value, np.ndarray) and value.ndim and len(value) != n:
+                    raise DatasetFormatError(
+                        f"{self.path / 'meta' / group / (name + '.npy')} has {len(value)} entries, expected {n}"
+                    )
+
+    def count(self, field: str) -> int:
+        """Number of trial files in ``data/<field>``."""
+        folder = self.path / "data" / field
+        if not folder.is_dir():
+            raise DatasetFormatError(f"{folder} is missing")
+        return sum(1 for _ in folder.glob("*.npy"))
+
+    def load(self, field: str) -> np.ndarray:
+        """All trials of ``data/<field>`` as one array (n_trials, ...), validated."""
+        folder = self.path / "data" / field
+        n_files = self.count(field)
+        if n_files != self.n_trials:
+            raise DatasetFormatError(
+                f"{folder} holds {n_files} trials but {self.path / 'meta/trials/tiers.npy'} lists {self.n_trials}"
+            )
+        values = _stack_trials(folder, self.n_trials)
+        if field == "responses" and values.shape[1:] != (self.n_neurons,):
+            raise DatasetFormatError(
+                f"{folder} has responses of shape {values.shape[1:]}, but "
+                f"{self.path / 'meta/neurons/unit_ids.npy'} lists {self.n_neurons} neurons"
+            )
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            trial = int(np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))[0])
+            raise DatasetFormatError(f"{folder / f'{trial}.npy'} contains NaN or inf")
+        return values
+
+    def stat(self, field: str, name: str) -> np.ndarray:
+        """``meta/statistics/<field>/all/<name>.npy``, checked to be finite."""
+        path = self.path / "meta/statistics" / field / "all" / f"{name}.npy"
+        try:
+            value = self.statistics[field]["all"][name]
+        except KeyError:
+            raise DatasetFormatError(f"{path} is missing") from None
+        if not np.isfinite(value).all():
+            raise DatasetFormatError(f"{path} contains NaN or inf")
+        return np.asarray(value, dtype=np.float64)

@@ -1,0 +1,122 @@
+"""The reference transform chain of sensorium's ``static_loader``, applied to whole batches at once.
+
+Per batch, in the reference order (spec §1.3.3), computed in float64 and cast to float32 at the end:
+``NeuroNormalizer`` → ``AddBehaviorAsChannels`` → ``AddPupilCenterAsChannels`` → ``ScaleInputs``
+→ ``Subsample`` (response columns) → ``ToTensor``.
+"""
+import logging
+
+import numpy as np
+
+from .filetree import DatasetFormatError, FileTree
+
+logger = logging.getLogger(__name__)
+
+
+def rescale_matrix(n_in: int, scale: float) -> np.ndarray:
+    """The (n_out, n_in) linear map of ``skimage.transform.rescale`` along one axis.
+
+    skimage (order 1, ``mode="reflect"``, no anti-aliasing) calls ``scipy.ndimage.zoom`` with
+    ``grid_mode=True``: output pixel o samples the input at ``(o + 0.5) * n_in / n_out - 0.5``
+    (bilinear interpolation with ``align_corners=False``), and samples outside the image are mirrored
+    about the edge pixels (``… x2 x1 | x0 x1 …``). For downscaling, this equals
+    ``F.interpolate(mode="bilinear", align_corners=False, antialias=False)``; for upscaling the edge
+    rows differ from torch, which clamps instead of mirroring, so we build the map ourselves.
+    """
+    n_out = max(int(np.round(scale * n_in)), 1)
+    coords = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    lower = np.floor(coords)
+    weight = coords - lower
+    matrix = np.zeros((n_out, n_in))
+    for offset, w in ((0, 1 - weight), (1, weight)):
+        np.add.at(matrix, (np.arange(n_out), _mirror(lower.astype(int) + offset, n_in)), w)
+    return matrix
+
+
+def _mirror(index: np.ndarray, n: int) -> np.ndarray:
+    """Map indices outside [0, n) back inside by mirroring about the edge pixels (ndimage "mirror")."""
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    index = np.abs(index) % period
+    return np.where(index >= n, period - index, index)
+
+
+class BatchTransform:
+    """Normalise, add channels, rescale and select neurons for a batch of raw arrays.
+
+    Args:
+        tree: the file tree whose ``meta/statistics/*/all`` supply the normalisation.
+        fields: batch field names, in order.
+        normalize: apply ``NeuroNormalizer`` (spec §1.3.4).
+        exclude: field names ``NeuroNormalizer`` leaves untouched.
+        inputs_mean, inputs_std: replace the image statistics. As in the reference, ``inputs_std`` is
+            only used when ``inputs_mean`` is given.
+        behavior_channels, eye_channels: append behaviour / pupil-centre planes to the images.
+        scale: image rescaling factor (None: none).
+        neuron_idx: response columns to keep, in this order.
+    """
+
+    def __init__(self, tree: FileTree, fields, *, normalize=True, exclude=None, inputs_mean=None,
+                 inputs_std=None, behavior_channels=False, eye_channels=False, scale=None, neuron_idx=None):
+        self.fields = tuple(fields)
+        self.behavior_channels = behavior_channels
+        self.eye_channels = eye_channels
+        self.scale = scale
+        self.neuron_idx = np.asarray(neuron_idx if neuron_idx is not None else np.arange(tree.n_neurons))
+        self._matrices = {}
+        self.offset, self.factor = {}, {}
+        if normalize:
+            self._set_normalisation(tree, [exclude] if isinstance(exclude, str) else list(exclude or []),
+                                    inputs_mean, inputs_std)
+
+    def _set_normalisation(self, tree, exclude, inputs_mean, inputs_std):
+        """Per field, the batch becomes ``(x - offset) * factor`` (the reference's NeuroNormalizer)."""
+        if inputs_mean is None:
+            if inputs_std is not None:
+                logger.warning("inputs_std is ignored without inputs_mean (as in the reference NeuroNormalizer)")
+            inputs_mean, inputs_std = tree.stat("images", "mean"), tree.stat("images", "std")
+        elif inputs_std is None:
+            raise ValueError("inputs_mean was given without inputs_std; give both or neither")
+        norm = {"images": (inputs_mean, 1 / np.float64(inputs_std))}
+        std = tree.stat("responses", "std")
+        threshold = 0.01 * std.mean()
+        norm["responses"] = (0.0, np.where(std > threshold, 1 / np.where(std > threshold, std, 1), 1 / threshold))
+        if "pupil_center" in self.fields:
+            norm["pupil_center"] = (tree.stat("pupil_center", "mean"), 1 / tree.stat("pupil_center", "std"))
+        if "behavior" in self.fields:
+            norm["behavior"] = (0.0, 1 / tree.stat("behavior", "std"))
+        trial_idx = np.arange(tree.n_trials)
+        norm["trial_idx"] = (trial_idx.mean(), 1 / trial_idx.std())
+        for field, (offset, factor) in norm.items():
+            if field in self.fields and field not in exclude:
+                if not np.isfinite(factor).all():
+                    raise DatasetFormatError(f"{tree.path}/meta/statistics/{field}/all/std.npy has zeros: "
+                                             f"cannot normalise {field}")
+                self.offset[field], self.factor[field] = offset, factor
+
+    def _rescale(self, images: np.ndarray) -> np.ndarray:
+        h, w = images.shape[-2:]
+        if (h, w) not in self._matrices:
+            self._matrices[h, w] = rescale_matrix(h, self.scale), rescale_matrix(w, self.scale).T
+        rows, cols = self._matrices[h, w]
+        return rows @ images @ cols
+
+    def __call__(self, raw: dict) -> dict:
+        """Map ``{field: raw batch array}`` to ``{field: float32 array}``."""
+        out = {}
+        for field in self.fields:
+            value = raw[field].astype(np.float64)
+            if field in self.factor:
+                value = (value - self.offset[field]) * self.factor[field]
+            out[field] = value
+        planes = [out["behavior"]] if self.behavior_channels else []
+        planes += [out["pupil_center"]] if self.eye_channels else []
+        if planes:
+            images = out["images"]
+            extra = np.concatenate(planes, axis=1)[:, :, None, None]
+            out["images"] = np.concatenate([images, np.broadcast_to(extra, (len(images), extra.shape[1], *images.shape[2:]))], axis=1)
+        if self.scale is not None:
+            out["images"] = self._rescale(out["images"])
+        out["responses"] = out["responses"][:, self.neuron_idx]
+        return {field: np.ascontiguousarray(value, dtype=np.float32) for field, value in out.items()}
