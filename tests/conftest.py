@@ -1,0 +1,44 @@
+"""Shared fixtures. Tests that use ``db_prefix`` are marked ``db`` automatically.
+
+``db`` tests connect to the server that ``make test`` started (its ``datajoint.json`` and
+``.secrets/`` in the repository root) or to ``DJ_HOST``. Without a server they fail, never skip;
+``pytest -m "not db"`` needs none.
+"""
+import os
+import secrets
+
+import pytest
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "db_prefix" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.db)
+
+
+@pytest.fixture(scope="session")
+def db_prefix():
+    """Bind the v1fabrik tables under a fresh schema prefix; drop every schema with it afterwards."""
+    import schemas
+
+    prefix = f"test_{os.getpid()}_{secrets.token_hex(3)}_"
+    schemas.activate(prefix)
+    yield prefix
+    drop_schemas(prefix)
+
+
+def drop_schemas(prefix: str) -> None:
+    """Drop every schema whose name starts with ``prefix``, dependents first."""
+    import datajoint as dj
+
+    remaining = [name for name in dj.list_schemas() if name.startswith(prefix)]
+    while remaining:
+        failed = []
+        for name in remaining:
+            try:
+                dj.Schema(name, create_schema=False).drop(prompt=False)
+            except dj.errors.DataJointError:  # still referenced by a schema not dropped yet
+                failed.append(name)
+        if len(failed) == len(remaining):
+            raise RuntimeError(f"could not drop the test schemas {failed}")
+        remaining = failed

@@ -1,0 +1,123 @@
+"""The foundation against real servers: the test server, and private servers started here."""
+import json
+import os
+import signal
+import stat
+import sys
+import subprocess
+import tempfile
+from pathlib import Path
+
+import datajoint as dj
+import pytest
+
+from tests.servers import client_env, free_port, v1fabrik
+
+ROUND_TRIP = """
+import datajoint as dj, schemas
+prefix = schemas.activate({prefix!r})
+scratch = dj.Schema(prefix + "foundation")
+
+@scratch
+class Note(dj.Manual):
+    definition = '''
+    note_id : int32
+    ---
+    text : varchar(64)
+    values : <blob>
+    '''
+
+Note.insert([(1, "first", [1.5, 2.5]), (2, "second", [])])
+rows = Note.to_dicts(order_by="note_id")
+print(dj.conn().adapter.backend, [(r["note_id"], r["text"], list(r["values"])) for r in rows])
+for name in dj.list_schemas():
+    if name.startswith(prefix):
+        dj.Schema(name, create_schema=False).drop(prompt=False)
+print(sorted(n for n in dj.list_schemas() if n.startswith(prefix)))
+"""
+
+
+@pytest.fixture
+def reachable_home():
+    """A folder every local user can enter (PostgreSQL runs as 'postgres' when we are root)."""
+    folder = Path(tempfile.mkdtemp(prefix="v1fabrik-test-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    subprocess.run(["rm", "-rf", str(folder)], check=False)
+
+
+def test_scratch_table_round_trip_on_the_test_server(db_prefix):
+    schema = dj.Schema(db_prefix + "foundation")
+
+    @schema
+    class Scratch(dj.Manual):
+        definition = """
+        scratch_id : int32
+        ---
+        label : varchar(32)
+        """
+
+    Scratch.insert([(1, "a"), (2, "b")])
+    assert Scratch.to_dicts(order_by="scratch_id") == [{"scratch_id": 1, "label": "a"}, {"scratch_id": 2, "label": "b"}]
+    assert f"{db_prefix}fabrik" in dj.list_schemas()
+    schema.drop(prompt=False)
+    assert f"{db_prefix}foundation" not in dj.list_schemas()
+
+
+def test_mariadb_up_twice_status_stale_pid_and_down(reachable_home):
+    env = {"V1FABRIK_HOME": str(reachable_home / "home"), "DJ_PORT": str(free_port())}
+    first = v1fabrik("db", "up", cwd=reachable_home, **env)
+    assert first.returncode == 0, first.stderr
+    try:
+        password = (reachable_home / ".secrets" / "database.password").read_text()
+        state = json.loads((reachable_home / "home/db/mariadb/server.json").read_text())
+        second = v1fabrik("db", "up", cwd=reachable_home, **env)
+        assert second.returncode == 0, second.stderr
+        assert f"already running (pid {state['pid']})" in second.stderr
+        assert password not in first.stderr + first.stdout + second.stderr + second.stdout
+        assert json.loads((reachable_home / "datajoint.json").read_text()) == {
+            "database": {"host": "127.0.0.1", "port": int(env["DJ_PORT"]), "backend": "mysql"}}
+
+        status = v1fabrik("db", "status", cwd=reachable_home, **env)
+        assert status.returncode == 0
+        assert f"mariadb: running, pid {state['pid']}, 127.0.0.1:{env['DJ_PORT']}, user v1fabrik" in status.stdout
+
+        check = subprocess.run(
+            [sys.executable, "-c", "import datajoint as dj, schemas.connection as c; c.connect();"
+             "print(dj.conn().query('SELECT @@max_allowed_packet, @@collation_server').fetchone())"],
+            cwd=reachable_home, env=client_env(), capture_output=True, text=True, timeout=120)
+        assert check.stdout.strip().splitlines()[-1] == f"({2**30}, 'utf8mb4_bin')", check.stderr
+
+        refused = subprocess.run([sys.executable, "-c", "import schemas.connection as c; c.connect()"],
+                                 cwd=reachable_home, env=client_env(DJ_PASS="wrong"),
+                                 capture_output=True, text=True, timeout=120)
+        assert f"refused user 'v1fabrik'" in refused.stderr.strip().splitlines()[-1]
+
+        os.kill(state["pid"], signal.SIGKILL)  # leaves a stale pid file and socket behind
+        restarted = v1fabrik("db", "up", cwd=reachable_home, **env)
+        assert restarted.returncode == 0, restarted.stderr
+        assert "Removing stale" in restarted.stderr
+        assert (reachable_home / ".secrets" / "database.password").read_text() == password
+    finally:
+        down = v1fabrik("db", "down", cwd=reachable_home, **env)
+    assert down.returncode == 0 and "Stopped the mariadb server" in down.stderr
+    after = v1fabrik("db", "status", "--backend", "mariadb", cwd=reachable_home, **env)
+    assert after.returncode == 3 and "mariadb: not running" in after.stdout
+
+
+def test_postgresql_up_activate_and_round_trip(reachable_home):
+    env = {"V1FABRIK_HOME": str(reachable_home / "home"), "DJ_PORT": str(free_port())}
+    up = v1fabrik("db", "up", "--backend", "postgresql", cwd=reachable_home, **env)
+    assert up.returncode == 0, up.stderr
+    try:
+        data = reachable_home / "home/db/postgresql/data"
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        if os.geteuid() == 0:
+            assert data.owner() == "postgres"
+        result = subprocess.run([sys.executable, "-c", ROUND_TRIP.format(prefix="pgtest_")], cwd=reachable_home,
+                                env=client_env(), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-2:] == ["postgresql [(1, 'first', [1.5, 2.5]), (2, 'second', [])]", "[]"]
+    finally:
+        down = v1fabrik("db", "down", "--backend", "postgresql", cwd=reachable_home, **env)
+    assert down.returncode == 0 and "Stopped the postgresql server" in down.stderr
