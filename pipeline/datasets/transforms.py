@@ -65,35 +65,35 @@ class BatchTransform:
         self.scale = scale
         self.neuron_idx = np.asarray(neuron_idx if neuron_idx is not None else np.arange(tree.n_neurons))
         self._matrices = {}
-        self.offset, self.factor = {}, {}
+        self.normalisation = {}
         if normalize:
             self._set_normalisation(tree, [exclude] if isinstance(exclude, str) else list(exclude or []),
                                     inputs_mean, inputs_std)
 
     def _set_normalisation(self, tree, exclude, inputs_mean, inputs_std):
-        """Per field, the batch becomes ``(x - offset) * factor`` (the reference's NeuroNormalizer)."""
+        """Per field, the batch becomes ``(x - offset) / spread`` (the reference's NeuroNormalizer)."""
         if inputs_mean is None:
             if inputs_std is not None:
                 logger.warning("inputs_std is ignored without inputs_mean (as in the reference NeuroNormalizer)")
             inputs_mean, inputs_std = tree.stat("images", "mean"), tree.stat("images", "std")
         elif inputs_std is None:
             raise ValueError("inputs_mean was given without inputs_std; give both or neither")
-        norm = {"images": (inputs_mean, 1 / np.float64(inputs_std))}
+        norm = {"images": (inputs_mean, np.float64(inputs_std))}
         std = tree.stat("responses", "std")
         threshold = 0.01 * std.mean()
-        norm["responses"] = (0.0, np.where(std > threshold, 1 / np.where(std > threshold, std, 1), 1 / threshold))
+        norm["responses"] = (0.0, np.where(std > threshold, std, threshold))
         if "pupil_center" in self.fields:
-            norm["pupil_center"] = (tree.stat("pupil_center", "mean"), 1 / tree.stat("pupil_center", "std"))
+            norm["pupil_center"] = (tree.stat("pupil_center", "mean"), tree.stat("pupil_center", "std"))
         if "behavior" in self.fields:
-            norm["behavior"] = (0.0, 1 / tree.stat("behavior", "std"))
+            norm["behavior"] = (0.0, tree.stat("behavior", "std"))
         trial_idx = np.arange(tree.n_trials)
-        norm["trial_idx"] = (trial_idx.mean(), 1 / trial_idx.std())
-        for field, (offset, factor) in norm.items():
+        norm["trial_idx"] = (trial_idx.mean(), trial_idx.std())
+        for field, (offset, spread) in norm.items():
             if field in self.fields and field not in exclude:
-                if not np.isfinite(factor).all():
+                if not np.all(spread > 0):
                     raise DatasetFormatError(f"{tree.path}/meta/statistics/{field}/all/std.npy has zeros: "
                                              f"cannot normalise {field}")
-                self.offset[field], self.factor[field] = offset, factor
+                self.normalisation[field] = offset, spread
 
     def _rescale(self, images: np.ndarray) -> np.ndarray:
         h, w = images.shape[-2:]
@@ -107,8 +107,9 @@ class BatchTransform:
         out = {}
         for field in self.fields:
             value = raw[field].astype(np.float64)
-            if field in self.factor:
-                value = (value - self.offset[field]) * self.factor[field]
+            if field in self.normalisation:
+                offset, spread = self.normalisation[field]
+                value = (value - offset) / spread
             out[field] = value
         planes = [out["behavior"]] if self.behavior_channels else []
         planes += [out["pupil_center"]] if self.eye_channels else []
