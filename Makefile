@@ -1,0 +1,45 @@
+# The two commands of the README. Both do every setup step on a fresh Debian machine (as root):
+# a virtual environment in .venv, the package with its test extras, and the private database.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+V1FABRIK := $(VENV)/bin/v1fabrik
+STAMP := $(VENV)/.v1fabrik-installed
+# The CPU wheel on this machine. Elsewhere, e.g.: make TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+
+.PHONY: demo test install
+
+install: $(STAMP)
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null || { apt-get update -q && $(APT_INSTALL) python3 python3-venv; }
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  $(APT_INSTALL) python3-venv || { apt-get update -q && $(APT_INSTALL) python3-venv; }; \
+	  $(PYTHON) -m venv $(VENV); }
+
+# torch first and pinned, so that resolving the package never pulls a multi-GB CUDA build.
+$(STAMP): setup.py | $(PY)
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e '.[test,postgres]'
+	@touch $@
+
+# Until the pipeline's demo job lands: connect, declare every table, list them.
+demo: $(STAMP)
+	@[ -n "$$DJ_HOST" ] || $(V1FABRIK) db up
+	$(PY) -c 'import datajoint as dj, schemas; prefix = schemas.activate(); \
+	print("smoke run: tables in", prefix + "fabrik:", dj.Schema(prefix + "fabrik").list_tables())'
+
+# The whole suite against the real server; stops the server it started (by pid), pass or fail.
+test: $(STAMP)
+	@started=; \
+	stop() { if [ -n "$$started" ]; then $(V1FABRIK) db down --backend mariadb; fi; }; \
+	trap stop EXIT; \
+	if [ -z "$$DJ_HOST" ] && ! $(V1FABRIK) db status --backend mariadb >/dev/null; then \
+	  $(V1FABRIK) db up || exit 1; started=1; \
+	fi; \
+	$(PY) -m pytest $(PYTEST_ARGS)
