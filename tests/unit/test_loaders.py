@@ -1,0 +1,107 @@
+"""static_loaders behaviour beyond reference parity: shapes, data keys, workers, pickling, options."""
+import logging
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.datasets import static_loaders
+from pipeline.datasets.synthetic import PRESETS, generate
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("tiny"), seed=4, **PRESETS["tiny"])
+
+
+def test_seed_notebook_shapes_at_full_resolution(tmp_path):
+    path = generate(tmp_path, n_neurons=7538, n_train=40, n_validation=8, n_test_images=4, n_repeats=2,
+                    image_size=(144, 256), seed=0)
+    loaders = static_loaders([str(path)], batch_size=32, normalize=True, include_behavior=False,
+                             include_eye_position=True, scale=1)
+    batch = next(iter(loaders["train"]["90000-1-1"]))
+    assert type(batch).__name__ == "DataPoint" and batch._fields == ("images", "responses", "pupil_center")
+    assert batch.images.shape == (32, 1, 144, 256)
+    assert batch.responses.shape == (32, 7538)
+    assert batch.pupil_center.shape == (32, 2)
+    assert loaders["train"]["90000-1-1"].dataset.neurons.cell_motor_coordinates.shape == (7538, 3)
+
+
+def test_tiers_cover_every_trial_once(tiny):
+    loaders = static_loaders([str(tiny)], batch_size=7)
+    key = "90004-1-1"
+    indices = np.concatenate([loaders[t][key].sampler.indices for t in ("train", "validation", "test")])
+    assert sorted(indices) == list(range(len(loaders["train"][key].dataset)))
+    test = loaders["test"][key]
+    assert list(test.sampler.indices) == sorted(test.sampler.indices)
+    assert sum(len(b.responses) for b in test) == len(test.sampler.indices) == 6 * 4
+
+
+def test_data_keys_follow_the_reference_naming(tiny, tmp_path):
+    named = tmp_path / "static27204-5-13-GrayImageNet-94c6ff995dac583098847cfecd43e7b6"
+    shutil.copytree(tiny, named)
+    loaders = static_loaders([str(named), str(tiny)], batch_size=8)
+    assert list(loaders["validation"]) == ["27204-5-13", "90004-1-1"]
+    with pytest.raises(ValueError, match="share the data key '90004-1-1'"):
+        static_loaders([str(tiny), str(tiny)], batch_size=8)
+
+
+def test_final_test_tier_when_present(tiny, tmp_path):
+    copy = shutil.copytree(tiny, tmp_path / tiny.name)
+    tiers = np.load(copy / "meta/trials/tiers.npy")
+    tiers[np.flatnonzero(tiers == "test")[:4]] = "final_test"
+    np.save(copy / "meta/trials/tiers.npy", tiers)
+    loaders = static_loaders([str(copy)], batch_size=8)
+    assert list(loaders) == ["train", "validation", "test", "final_test"]
+    assert len(loaders["final_test"]["90004-1-1"].sampler) == 4
+
+
+def test_batches_survive_worker_processes_and_pickle(tiny):
+    config = dict(batch_size=8, include_behavior=True, include_eye_position=True, scale=0.5)
+    serial = list(static_loaders([str(tiny)], **config)["test"]["90004-1-1"])
+    parallel = list(static_loaders([str(tiny)], num_workers=2, pin_memory=False, **config)["test"]["90004-1-1"])
+    assert len(serial) == len(parallel) == 3
+    for a, b in zip(serial, parallel):
+        assert type(a) is type(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    restored = pickle.loads(pickle.dumps(serial[0]))
+    assert restored._fields == ("images", "responses", "behavior", "pupil_center")
+    assert restored.images.shape == (8, 4, 18, 32) and torch.equal(restored.images, serial[0].images)
+
+
+def test_train_order_is_reproducible_with_a_seed(tiny):
+    def order(seed):
+        loader = static_loaders([str(tiny)], batch_size=60, seed=seed)["train"]["90004-1-1"]
+        return next(iter(loader)).responses
+
+    assert torch.equal(order(1), order(1)) and not torch.equal(order(1), order(2))
+
+
+def test_dataset_item_matches_its_batch_row(tiny):
+    loader = static_loaders([str(tiny)], batch_size=5, include_eye_position=True)["validation"]["90004-1-1"]
+    batch = next(iter(loader))
+    item = loader.dataset[int(loader.sampler.indices[2])]
+    assert item._fields == batch._fields and all(torch.equal(x, y[2]) for x, y in zip(item, batch))
+
+
+def test_neuron_selection_keeps_metadata_aligned(tiny):
+    ids = [7, 3, 22]
+    loader = static_loaders([str(tiny)], batch_size=8, neuron_ids=[ids], normalize=False)["test"]["90004-1-1"]
+    np.testing.assert_array_equal(loader.dataset.neurons.unit_ids, ids)
+    raw = np.load(tiny / f"data/responses/{loader.sampler.indices[0]}.npy")
+    np.testing.assert_array_equal(next(iter(loader)).responses[0].numpy(), raw[np.array(ids) - 1])
+    with pytest.raises(ValueError, match=r"neuron_ids \[999\] are not in"):
+        static_loaders([str(tiny)], batch_size=8, neuron_ids=[[999]])
+
+
+def test_dead_and_contradictory_options(tiny, caplog):
+    with caplog.at_level(logging.WARNING):
+        static_loaders([str(tiny)], batch_size=8, cuda=True, overwrite_data_path=True)
+    assert "cuda=True is ignored" in caplog.text and "overwrite_data_path is ignored" in caplog.text
+    with pytest.raises(ValueError, match="inputs_mean was given without inputs_std"):
+        static_loaders([str(tiny)], batch_size=8, inputs_mean=100.0)
+    with pytest.raises(TypeError, match="paths must be a list"):
+        static_loaders(str(tiny), batch_size=8)
+    with pytest.raises(ValueError, match="meta/trials/bogus.npy does not exist"):
+        static_loaders([str(tiny)], batch_size=8, include_trial_info_keys=["bogus"])
