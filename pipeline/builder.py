@@ -12,6 +12,7 @@ import importlib
 import os
 import re
 
+import numpy as np
 import torch
 
 ALLOWED_MODULES_ENV = "V1FABRIK_ALLOWED_MODULES"
@@ -82,9 +83,7 @@ def get_model(model_fn, model_config, dataloaders=None, seed=None, state_dict=No
     """Build ``model_fn(dataloaders, seed=seed, **model_config)``; load ``state_dict`` if given."""
     model = resolve_fn(model_fn)(dataloaders, seed=seed, **model_config)
     if state_dict is not None:
-        model.load_state_dict(
-            {k: torch.as_tensor(v) for k, v in state_dict.items()}, strict=strict
-        )
+        model.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in state_dict.items()}, strict=strict)
     return model
 
 

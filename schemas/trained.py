@@ -42,7 +42,7 @@ def from_numpy_tree(obj):
     """Inverse of :func:`to_numpy_tree`: tagged arrays become tensors again."""
     if isinstance(obj, dict):
         if obj.keys() == {_TENSOR_TAG}:
-            return torch.as_tensor(np.asarray(obj[_TENSOR_TAG]))
+            return torch.as_tensor(np.array(obj[_TENSOR_TAG]))
         return {k: from_numpy_tree(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(from_numpy_tree(v) for v in obj)

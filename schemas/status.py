@@ -1,0 +1,42 @@
+"""``v1fabrik status``: how far populate is, per table, and the latest errors."""
+from .scoring import SCORE_TABLES
+from .trained import TrainedModel
+
+COLUMNS = ("table", "to do", "pending", "reserved", "error", "done")
+
+
+def progress() -> list:
+    """One dict per computed table: keys still to do, job counts by status, and rows done."""
+    rows = []
+    for table in (TrainedModel, *SCORE_TABLES):
+        remaining, _total = table.progress()
+        jobs = table.jobs.progress()
+        rows.append({"table": table.__name__, "to do": remaining, "pending": jobs["pending"],
+                     "reserved": jobs["reserved"], "error": jobs["error"], "done": len(table())})
+    return rows
+
+
+def latest_errors(limit=5) -> list:
+    """The most recent job errors over all computed tables: table, key, host, time and message."""
+    errors = []
+    for table in (TrainedModel, *SCORE_TABLES):
+        for job in table.jobs.errors.to_dicts(order_by="completed_time DESC", limit=limit):
+            key = {k: job[k] for k in table.primary_key}
+            errors.append({"table": table.__name__, "key": key, "host": job["host"],
+                           "time": job["completed_time"], "message": job["error_message"]})
+    return sorted(errors, key=lambda e: e["time"], reverse=True)[:limit]
+
+
+def report(limit=5) -> str:
+    """The status table and the latest errors as text."""
+    rows = progress()
+    widths = [max(len(str(c)), *(len(str(r[c])) for r in rows)) for c in COLUMNS]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(COLUMNS, widths))]
+    lines += ["  ".join(str(r[c]).ljust(w) for c, w in zip(COLUMNS, widths)) for r in rows]
+    errors = latest_errors(limit)
+    if errors:
+        lines.append("\nlatest errors (clear with `<Table>.jobs.errors.delete()` to retry):")
+        for e in errors:
+            key = ", ".join(f"{k}={v}" for k, v in e["key"].items() if not k.endswith("_hash"))
+            lines.append(f"  {e['time']} {e['table']} [{key}] on {e['host']}: {e['message']}")
+    return "\n".join(lines)
