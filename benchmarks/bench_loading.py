@@ -1,0 +1,79 @@
+"""Loader throughput: v1fabrik ``static_loaders`` against the reference FileTreeDataset chain.
+
+Each measurement runs in a fresh subprocess (so nothing is cached in-process and peak RSS is its
+own) on the same files: build the loaders, then iterate the train tier twice. "cold" = building plus
+the first epoch (the reference reads every file then); "warm" = the second epoch (the reference's
+in-memory cache is full). The OS page cache is warm for both (files were read before).
+
+    .venv/bin/python benchmarks/bench_loading.py DATASET [--scales 0.25 1] [--batch-size 128]
+
+Prints a markdown table; record it in benchmarks/results/loading.md.
+"""
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def measure(impl: str, dataset: str, scale: float, batch_size: int) -> dict:
+    """Run inside the subprocess: time building + two train epochs of one implementation."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    torch.manual_seed(0)
+    config = dict(batch_size=batch_size, include_behavior=True, include_eye_position=True, scale=scale)
+    start = time.perf_counter()
+    if impl == "ours":
+        from pipeline.datasets import static_loaders
+
+        loaders = static_loaders([dataset], **config)
+    else:
+        from tests.unit.test_loaders_parity import reference_loaders
+
+        loaders = reference_loaders(dataset, **config)
+    loader = next(iter(loaders["train"].values()))
+    epochs = []
+    for _ in range(2):
+        n = sum(len(batch.responses) for batch in loader)
+        epochs.append(time.perf_counter() - start)
+        start = time.perf_counter()
+    return {"impl": impl, "scale": scale, "items": n, "cold_s": epochs[0], "warm_s": epochs[1],
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset")
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.25, 1.0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--impl", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.impl:
+        print(json.dumps(measure(args.impl, args.dataset, args.scales[0], args.batch_size)))
+        return
+    import torch
+
+    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, python {platform.python_version()}")
+    print("\n| scale | implementation | items | cold (build + epoch 1) s | items/s cold | warm epoch s "
+          "| items/s warm | peak RSS MiB |\n|---|---|---|---|---|---|---|---|")
+    for scale in args.scales:
+        rows = {}
+        for impl in ("reference", "ours"):
+            out = subprocess.run([sys.executable, __file__, args.dataset, "--scales", str(scale), "--batch-size",
+                                  str(args.batch_size), "--impl", impl], check=True, capture_output=True, text=True)
+            rows[impl] = r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"| {scale} | {impl} | {r['items']} | {r['cold_s']:.2f} | {r['items'] / r['cold_s']:.0f} | "
+                  f"{r['warm_s']:.2f} | {r['items'] / r['warm_s']:.0f} | {r['peak_rss_mib']:.0f} |")
+        print(f"| {scale} | speed-up ours/reference | | | {rows['reference']['cold_s'] / rows['ours']['cold_s']:.1f}x "
+              f"| | {rows['reference']['warm_s'] / rows['ours']['warm_s']:.1f}x | |")
+
+
+if __name__ == "__main__":
+    main()
