@@ -117,7 +117,9 @@ def standard_trainer(
 
     Returns:
         (score, output, state_dict): the final mean validation correlation; ``output`` with the
-        per-epoch ``history`` and ``validation_corr``; the (best) model weights.
+        per-epoch ``history`` (lists: epoch, train_loss = mean batch objective, validation_corr
+        (NaN on epochs without evaluation when interval > 1), lr, seconds, rollback),
+        ``initial_validation_corr`` (untrained) and ``validation_corr``; the (best) model weights.
     """
     device = resolve_device(device)
     train_loaders, validation_loaders = _tiers(dataloaders)
@@ -145,11 +147,12 @@ def standard_trainer(
     if resume_state is None and cb is not None:
         resume_state = cb(uid=uid, epoch=None, model=model, state=None)
     if resume_state is None:
-        stopper.begin(objective(model))
+        initial_corr = objective(model)
+        stopper.begin(initial_corr)
         best_state = copy_state_dict(model)
         history = {field: [] for field in HISTORY_FIELDS}
     else:
-        best_state, history = _resume(resume_state, model, optimizer, scheduler, stopper, train_loaders)
+        initial_corr, best_state, history = _resume(resume_state, model, optimizer, scheduler, stopper, train_loaders)
         logger.info("resuming after epoch %d", stopper.epoch)
 
     dataset_lengths = {k: len(loader.dataset) for k, loader in train_loaders.items()}
@@ -198,7 +201,7 @@ def standard_trainer(
             ", rolled back to the best state" if action is Action.ROLLBACK and restore_best else "",
         )
         if cb is not None:
-            state = _capture(model, optimizer, scheduler, stopper, best_state, history, train_loaders)
+            state = _capture(model, optimizer, scheduler, stopper, initial_corr, best_state, history, train_loaders)
             cb(uid=uid, epoch=stopper.epoch, model=model, state=state)
 
     if restore_best:
@@ -207,10 +210,11 @@ def standard_trainer(
     score = objective(model)
     if not math.isfinite(score):
         raise NonFiniteLossError(f"the final validation correlation is {score}")
-    return score, {"history": history, "validation_corr": score}, model.state_dict()
+    output = {"history": history, "initial_validation_corr": initial_corr, "validation_corr": score}
+    return score, output, model.state_dict()
 
 
-def _capture(model, optimizer, scheduler, stopper, best_state, history, train_loaders):
+def _capture(model, optimizer, scheduler, stopper, initial_corr, best_state, history, train_loaders):
     """Everything needed to continue exactly after this epoch, as plain data on the CPU."""
     return {
         "format": STATE_FORMAT,
@@ -218,6 +222,7 @@ def _capture(model, optimizer, scheduler, stopper, best_state, history, train_lo
         "optimizer": _to_cpu(optimizer.state_dict()),
         "scheduler": scheduler.state_dict(),
         "early_stopping": stopper.state_dict(),
+        "initial_validation_corr": initial_corr,
         "best_state": best_state,
         "history": {field: list(values) for field, values in history.items()},
         "rng": capture_rng(train_loaders),
@@ -225,7 +230,7 @@ def _capture(model, optimizer, scheduler, stopper, best_state, history, train_lo
 
 
 def _resume(state, model, optimizer, scheduler, stopper, train_loaders):
-    """Load a captured state into the training objects; returns (best_state, history)."""
+    """Load a captured state into the training objects; returns (initial_corr, best_state, history)."""
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"resume_state is not a training state of format {STATE_FORMAT} (from the trainer's callback)")
     model.load_state_dict(state["model"])
@@ -234,4 +239,4 @@ def _resume(state, model, optimizer, scheduler, stopper, train_loaders):
     stopper.load_state_dict(state["early_stopping"])
     restore_rng(state["rng"], train_loaders)
     history = {field: list(state["history"][field]) for field in HISTORY_FIELDS}
-    return state["best_state"], history
+    return state["initial_validation_corr"], state["best_state"], history
