@@ -23,6 +23,7 @@ a core without input padding sees a cropped image; ``to_core_grid`` converts.
 """
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -291,6 +292,9 @@ def _write(out, data, trials, meta_neurons, overwrite):
                 for name, value in _statistics(field, values[train]).items():
                     np.save(folder / f"{name}.npy", value)
         (tmp / "config.json").write_text(json.dumps({"links": {}}))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset should not be
         if out.exists() and overwrite:
             shutil.rmtree(out)
         tmp.rename(out)

@@ -1,0 +1,48 @@
+"""How well the synthetic ground truth explains its own responses (the ceiling a model can reach).
+
+    .venv/bin/python benchmarks/bench_synthetic_truth.py DATASET
+
+Prints per-neuron means over the test tier: single-trial correlation of the noiseless rates with the
+responses, their correlation to the repeat-averaged responses, the jackknife oracle correlation, and
+the fraction of explainable variance (FEV). Record in benchmarks/results/synthetic_truth.md.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.datasets.filetree import FileTree  # noqa: E402
+from pipeline.datasets.synthetic import load_ground_truth  # noqa: E402
+from pipeline.utility.scores import corr, fev, oracle_corr_jackknife, split_by_image  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset")
+    args = parser.parse_args()
+    tree, truth = FileTree(args.dataset), load_ground_truth(args.dataset)
+    test = tree.trial_info.tiers == "test"
+    responses, rates = tree.load("responses")[test].astype(np.float64), truth["rates"][test].astype(np.float64)
+    by_image = split_by_image(tree.trial_info.frame_image_id[test], responses, rates)
+    mean_responses = np.stack([r.mean(0) for r in by_image[0]])
+    mean_rates = np.stack([r.mean(0) for r in by_image[1]])
+    explainable, _ = fev(by_image[0], by_image[1], return_exp_var=True)
+    rows = {
+        "single-trial correlation (truth vs responses)": corr(rates, responses, axis=0),
+        "correlation to average (truth vs repeat mean)": corr(mean_rates, mean_responses, axis=0),
+        "jackknife oracle correlation": oracle_corr_jackknife(by_image[0]),
+        "fraction of explainable variance (FEV)": explainable,
+    }
+    print(f"dataset: {args.dataset}: {responses.shape[1]} neurons, {int(test.sum())} test trials, "
+          f"{len(by_image[0])} images")
+    print("\n| measure (test tier) | mean over neurons | median | 10th-90th percentile |\n|---|---|---|---|")
+    for name, values in rows.items():
+        lo, hi = np.percentile(values, [10, 90])
+        print(f"| {name} | {values.mean():.3f} | {np.median(values):.3f} | {lo:.3f} - {hi:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
