@@ -10,6 +10,7 @@ Each backend lives in ``<home>/db/<backend>/`` (home: ``$V1FABRIK_HOME``, else `
 The server listens on 127.0.0.1 only. ``up`` writes ``datajoint.json`` (host, port, backend) and
 ``.secrets/database.user|password`` into the working directory, where DataJoint looks for them.
 """
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ BACKENDS = ("mariadb", "postgresql")
 DEFAULT_PORTS = {"mariadb": 3307, "postgresql": 5433}
 DJ_BACKEND = {"mariadb": "mysql", "postgresql": "postgresql"}
 APT_PACKAGE = {"mariadb": "mariadb-server", "postgresql": "postgresql"}
+SERVER_PROGRAMS = {"mariadb": ("mariadbd", "mysqld"), "postgresql": ("postgres",)}
 USER = "v1fabrik"
 HOST = "127.0.0.1"
 PG_OS_USER = "postgres"  # PostgreSQL refuses to run as root; as root we run it as this user
@@ -107,7 +109,7 @@ class Server:
             state = json.loads(self.state_file.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             state = None
-        if state and _alive(state["pid"], _server_binary_name(self.backend)):
+        if state and _alive(state["pid"], SERVER_PROGRAMS[self.backend]):
             return state
         self._remove_stale_files()
         return None
@@ -158,7 +160,7 @@ def down(srv: Server) -> bool:
     # PostgreSQL: SIGINT is "fast" shutdown (SIGTERM would wait for every client to disconnect).
     os.kill(pid, signal.SIGINT if srv.backend == "postgresql" else signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while _alive(pid, _server_binary_name(srv.backend)):
+    while _alive(pid, SERVER_PROGRAMS[srv.backend]):
         if time.monotonic() > deadline:
             raise ServerError(f"The {srv.backend} server (pid {pid}) did not stop within {STOP_TIMEOUT_S} s; see {srv.log_file}")
         time.sleep(0.2)
@@ -214,9 +216,9 @@ def _start(srv: Server) -> dict:
 def _start_mariadb(srv: Server, binaries: dict, creds: dict) -> subprocess.Popen:
     as_root = ["--user=root"] if os.geteuid() == 0 else []
     if not (srv.data / "mysql").is_dir():
-        srv.data.mkdir(parents=True, exist_ok=True)
-        _run([binaries["install_db"], "--no-defaults", f"--datadir={srv.data}", "--skip-test-db",
-              "--auth-root-authentication-method=socket", *as_root], srv.log_file)
+        with _fresh_folder(srv.data):
+            _run([binaries["install_db"], "--no-defaults", f"--datadir={srv.data}", "--skip-test-db",
+                  "--auth-root-authentication-method=socket", *as_root], srv.log_file)
     # Runs on every start, so the account always matches credentials.json.
     user, password = creds["user"], creds["password"]
     _write_private(srv.folder / "init.sql", "\n".join([
@@ -236,15 +238,15 @@ def _start_postgres(srv: Server, binaries: dict, creds: dict) -> subprocess.Pope
     _require_module("psycopg2", "PostgreSQL support needs psycopg2: pip install -e '.[postgres]'")
     os_user = _postgres_os_user(srv.folder)
     if not (srv.data / "PG_VERSION").is_file():
-        srv.data.mkdir(mode=0o700, parents=True, exist_ok=True)
         pwfile = srv.folder / "pwfile"
         _write_private(pwfile, creds["password"])
         try:
-            if os_user:
-                shutil.chown(srv.data, os_user.pw_uid, os_user.pw_gid)
-                shutil.chown(pwfile, os_user.pw_uid, os_user.pw_gid)
-            _run([binaries["initdb"], "-D", srv.data, "-U", creds["user"], f"--pwfile={pwfile}", "--auth=scram-sha-256",
-                  "--encoding=UTF8", "--locale=C"], srv.log_file, os_user)
+            with _fresh_folder(srv.data):
+                if os_user:
+                    shutil.chown(srv.data, os_user.pw_uid, os_user.pw_gid)
+                    shutil.chown(pwfile, os_user.pw_uid, os_user.pw_gid)
+                _run([binaries["initdb"], "-D", srv.data, "-U", creds["user"], f"--pwfile={pwfile}",
+                      "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"], srv.log_file, os_user)
         finally:
             pwfile.unlink(missing_ok=True)
     options = {**POSTGRES_OPTIONS, "port": srv.port}
@@ -275,6 +277,19 @@ def _enterable(path: Path, account) -> bool:
     if st.st_gid == account.pw_gid:
         return bool(st.st_mode & 0o010)
     return bool(st.st_mode & 0o001)
+
+
+@contextlib.contextmanager
+def _fresh_folder(folder: Path):
+    """Create an empty private ``folder`` for a server to initialise; remove it again if that fails."""
+    if folder.exists():
+        shutil.rmtree(folder)  # a half-initialised folder from an earlier failure
+    folder.mkdir(mode=0o700, parents=True)
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _wait_until_ready(srv: Server, process: subprocess.Popen, creds: dict) -> None:
@@ -382,8 +397,8 @@ def _as_user(os_user) -> dict:
             "env": {**os.environ, "HOME": os_user.pw_dir, "USER": os_user.pw_name, "LOGNAME": os_user.pw_name}}
 
 
-def _alive(pid: int, binary_name: str) -> bool:
-    """True when ``pid`` is a live (non-zombie) process running ``binary_name``."""
+def _alive(pid: int, programs: tuple) -> bool:
+    """True when ``pid`` is a live (non-zombie) process running one of ``programs``."""
     try:
         os.waitpid(pid, os.WNOHANG)  # reaps it if it is our own exited child
     except ChildProcessError:
@@ -395,11 +410,7 @@ def _alive(pid: int, binary_name: str) -> bool:
         return False
     state = stat.rsplit(")", 1)[1].split()[0]
     program = Path(cmdline.split(b"\0", 1)[0].decode(errors="replace")).name
-    return state != "Z" and (program == binary_name or program in ("mariadbd", "mysqld") and binary_name == "mariadbd")
-
-
-def _server_binary_name(backend: str) -> str:
-    return "mariadbd" if backend == "mariadb" else "postgres"
+    return state != "Z" and program in programs
 
 
 def _port_open(port: int) -> bool:

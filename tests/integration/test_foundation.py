@@ -11,7 +11,7 @@ from pathlib import Path
 import datajoint as dj
 import pytest
 
-from tests.servers import client_env, free_port, v1fabrik
+from tests.servers import REPO, client_env, free_port, v1fabrik
 
 ROUND_TRIP = """
 import datajoint as dj, schemas
@@ -46,22 +46,19 @@ def reachable_home():
     subprocess.run(["rm", "-rf", str(folder)], check=False)
 
 
-def test_scratch_table_round_trip_on_the_test_server(db_prefix):
-    schema = dj.Schema(db_prefix + "foundation")
+def round_trip(prefix, cwd, **env):
+    """Run ROUND_TRIP in a fresh process with settings from ``cwd`` and ``env``; returns its last two lines."""
+    result = subprocess.run([sys.executable, "-c", ROUND_TRIP.format(prefix=prefix)], cwd=cwd, env=client_env(**env),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()[-2:]
 
-    @schema
-    class Scratch(dj.Manual):
-        definition = """
-        scratch_id : int32
-        ---
-        label : varchar(32)
-        """
 
-    Scratch.insert([(1, "a"), (2, "b")])
-    assert Scratch.to_dicts(order_by="scratch_id") == [{"scratch_id": 1, "label": "a"}, {"scratch_id": 2, "label": "b"}]
+def test_activate_and_round_trip_on_the_test_server(db_prefix):
     assert f"{db_prefix}fabrik" in dj.list_schemas()
-    schema.drop(prompt=False)
-    assert f"{db_prefix}foundation" not in dj.list_schemas()
+    backend = dj.conn().adapter.backend
+    dj_env = {k: v for k, v in os.environ.items() if k.startswith("DJ_")}
+    assert round_trip(db_prefix + "rt_", REPO, **dj_env) == [f"{backend} [(1, 'first', [1.5, 2.5]), (2, 'second', [])]", "[]"]
 
 
 def test_mariadb_up_twice_status_stale_pid_and_down(reachable_home):
@@ -82,11 +79,10 @@ def test_mariadb_up_twice_status_stale_pid_and_down(reachable_home):
         assert status.returncode == 0
         assert f"mariadb: running, pid {state['pid']}, 127.0.0.1:{env['DJ_PORT']}, user v1fabrik" in status.stdout
 
-        check = subprocess.run(
-            [sys.executable, "-c", "import datajoint as dj, schemas.connection as c; c.connect();"
-             "print(dj.conn().query('SELECT @@max_allowed_packet, @@collation_server').fetchone())"],
-            cwd=reachable_home, env=client_env(), capture_output=True, text=True, timeout=120)
-        assert check.stdout.strip().splitlines()[-1] == f"({2**30}, 'utf8mb4_bin')", check.stderr
+        own = dj.Connection("127.0.0.1", "v1fabrik", password, port=int(env["DJ_PORT"]), backend="mysql")
+        tuned = own.query("SELECT @@max_allowed_packet, @@innodb_lock_wait_timeout, @@collation_server").fetchone()
+        own.close()
+        assert tuned == (2**30, 300, "utf8mb4_bin")
 
         refused = subprocess.run([sys.executable, "-c", "import schemas.connection as c; c.connect()"],
                                  cwd=reachable_home, env=client_env(DJ_PASS="wrong"),
@@ -114,10 +110,8 @@ def test_postgresql_up_activate_and_round_trip(reachable_home):
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
         if os.geteuid() == 0:
             assert data.owner() == "postgres"
-        result = subprocess.run([sys.executable, "-c", ROUND_TRIP.format(prefix="pgtest_")], cwd=reachable_home,
-                                env=client_env(), capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.splitlines()[-2:] == ["postgresql [(1, 'first', [1.5, 2.5]), (2, 'second', [])]", "[]"]
+        expected = ["postgresql [(1, 'first', [1.5, 2.5]), (2, 'second', [])]", "[]"]
+        assert round_trip("pgtest_", reachable_home) == expected
     finally:
         down = v1fabrik("db", "down", "--backend", "postgresql", cwd=reachable_home, **env)
     assert down.returncode == 0 and "Stopped the postgresql server" in down.stderr

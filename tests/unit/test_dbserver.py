@@ -94,6 +94,15 @@ def test_missing_server_software_says_what_to_install(srv, monkeypatch):
         dbserver.up(srv, srv.folder)
 
 
+def test_failed_initialisation_leaves_no_half_written_data_folder(srv, monkeypatch):
+    monkeypatch.setattr(dbserver, "_find_binaries", lambda backend: {"server": "false", "install_db": "false"})
+    srv.port = 1
+    with pytest.raises(dbserver.ServerError, match=f"false failed .*; see {srv.log_file}"):
+        dbserver.up(srv, srv.folder)
+    assert not srv.data.exists()
+    assert srv.running() is None
+
+
 def test_cli_starts_nothing_when_DJ_HOST_is_set(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DJ_HOST", "db.lab.example")
