@@ -1,0 +1,173 @@
+"""Training benchmark: does the seed model learn the synthetic ground truth, and how does our trainer
+compare with the reference trainer logic (neuralpredictors 0.3.0 model, early stopping, LongCycler)?
+
+Run from the repository root, in the background on a shared machine:
+
+    PYTHONPATH=. nice -n 19 .venv/bin/python benchmarks/bench_training.py --preset realistic --out /tmp/realistic.json
+    PYTHONPATH=. nice -n 19 .venv/bin/python benchmarks/bench_training.py --preset default --reference --out /tmp/default.json
+
+Both trainers see the same dataset and loaders, the seed model config (SENSORIUM notebook), batch 128,
+scale 0.25 for 144x256 presets, lr 0.009, 4 LR-decay rounds (the SENSORIUM training notebooks).
+Results are recorded in ``benchmarks/results/training.md``.
+"""
+import argparse
+import importlib
+import json
+import logging
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.datasets import static_loaders
+from pipeline.datasets.synthetic import PRESETS, generate, load_ground_truth
+from pipeline.models import stacked_core_full_gauss_readout
+from pipeline.training import standard_trainer
+from pipeline.utility import scores
+from pipeline.utility.seeding import set_random_seed
+from tests.reference import np_ref
+from tests.unit.models_reference import SEED_CONFIG, reference_model
+
+logger = logging.getLogger("bench_training")
+TRAINER_CONFIG = dict(lr_init=0.009, lr_decay_steps=4, patience=5, tolerance=1e-6)
+
+
+def dataset(preset, data_dir, seed):
+    """Generate the preset once (cached in ``data_dir``); returns its folder."""
+    folder = Path(data_dir) / preset
+    existing = sorted(folder.glob("static*-Synthetic-s*"))
+    existing = [p for p in existing if p.is_dir()]
+    if existing:
+        return existing[0]
+    return generate(folder, **PRESETS[preset], seed=seed)
+
+
+def truth_scores(model, dataloaders, dataset_path, device):
+    """Test single-trial correlation, correlation to average and RF-position r of the model and of the truth."""
+    truth = load_ground_truth(dataset_path)
+    (data_key, loader), = dataloaders["test"].items()
+    responses, predictions = scores.model_predictions(model, loader, data_key, device)
+    rates = truth["rates"][np.asarray(loader.sampler.indices)]
+    ids = scores.image_ids(loader)
+
+    def signal(a, b):
+        ma, mb = scores.split_by_image(ids, a, b)
+        return scores.corr(np.stack([x.mean(0) for x in ma]), np.stack([x.mean(0) for x in mb]), axis=0)
+
+    model.eval()
+    with torch.no_grad():
+        mu = model.readout[data_key].mu.detach().cpu().numpy()[0, :, 0, :]
+    centers = truth["rf_centers"]
+    return {
+        "model_single_trial": float(np.nanmean(scores.corr(responses, predictions, axis=0))),
+        "truth_single_trial": float(np.nanmean(scores.corr(responses, rates, axis=0))),
+        "model_to_average": float(np.nanmean(signal(responses, predictions))),
+        "truth_to_average": float(np.nanmean(signal(responses, rates))),
+        "rf_r_x": float(np.corrcoef(mu[:, 0], centers[:, 0])[0, 1]),
+        "rf_r_y": float(np.corrcoef(mu[:, 1], centers[:, 1])[0, 1]),
+    }
+
+
+def reference_trainer(model, dataloaders, seed, device, max_iter, lr_init, lr_decay_steps, patience, tolerance):
+    """sensorium's standard_trainer loop, assembled from neuralpredictors 0.3.0 (spec section 3)."""
+    early_stopping = importlib.import_module("neuralpredictors.training.early_stopping").early_stopping
+    cyclers = importlib.import_module("neuralpredictors.training.cyclers")
+    np_corr = np_ref.measures.np_functions.corr
+    model.to(device)
+    set_random_seed(seed)
+    model.train()
+    criterion = np_ref.measures.modules.PoissonLoss(avg=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr_init)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=0.3, patience=patience, threshold=tolerance, threshold_mode="abs", min_lr=1e-4
+    )
+
+    def validation_correlation(m):  # sensorium get_correlations: float32 numpy, NaN -> 0
+        correlations = []
+        for key, loader in dataloaders["validation"].items():
+            target, output = [], []
+            with torch.no_grad():
+                for batch in loader:
+                    fields = {k: v.to(device) for k, v in batch._asdict().items()}
+                    output.append(m(fields["images"], data_key=key, **fields).cpu())
+                    target.append(batch.responses)
+            c = np_corr(torch.cat(target).numpy(), torch.cat(output).numpy(), axis=0)
+            correlations.append(np.where(np.isnan(c), 0, c))
+        return float(np.mean(np.hstack(correlations)))
+
+    train = dataloaders["train"]
+    epochs = 0
+    for epochs, _ in early_stopping(
+        model, validation_correlation, interval=1, patience=patience, max_iter=max_iter, tolerance=tolerance,
+        scheduler=scheduler, lr_decay_steps=lr_decay_steps,
+    ):
+        optimizer.zero_grad()
+        for batch_no, (key, batch) in enumerate(cyclers.LongCycler(train)):
+            fields = {k: v.to(device) for k, v in batch._asdict().items()}
+            scale = math.sqrt(len(train[key].dataset) / fields["images"].shape[0])
+            regularizers = model.core.regularizer() + model.readout.regularizer(key)
+            loss = scale * criterion(model(fields["images"], data_key=key, **fields), fields["responses"]) + regularizers
+            loss.backward()
+            if (batch_no + 1) % len(train) == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+        logger.info("reference epoch %d done", epochs)
+    model.eval()
+    return validation_correlation(model), epochs
+
+
+def run(which, args, path, device):
+    dataloaders = static_loaders([str(path)], batch_size=args.batch_size, include_eye_position=True, scale=args.scale)
+    build = stacked_core_full_gauss_readout if which == "ours" else reference_model
+    model = build(dataloaders, args.seed, **SEED_CONFIG)
+    started = time.perf_counter()
+    if which == "ours":
+        score, output, _ = standard_trainer(
+            model, dataloaders, args.seed, device=device, max_iter=args.max_iter, verbose=False, **TRAINER_CONFIG
+        )
+        epochs = len(output["history"]["epoch"])
+    else:
+        score, epochs = reference_trainer(model, dataloaders, args.seed, device, args.max_iter, **TRAINER_CONFIG)
+    seconds = time.perf_counter() - started
+    result = {"trainer": which, "validation_corr": score, "epochs": epochs, "seconds": seconds}
+    if which == "ours":
+        result.update(truth_scores(model, dataloaders, path, device))
+    logger.info("%s", result)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--data-dir", default="/tmp/v1fabrik-bench")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--scale", type=float, default=None, help="default: 0.25 for 144x256 presets, else 1")
+    parser.add_argument("--max-iter", type=int, default=200)
+    parser.add_argument("--reference", action="store_true", help="also train with the reference trainer logic")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.scale is None:
+        args.scale = 0.25 if PRESETS[args.preset]["image_size"][0] == 144 else 1.0
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    path = dataset(args.preset, args.data_dir, args.seed)
+    record = {
+        "command": vars(args) | {"out": str(args.out)},
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "runs": [],
+    }
+    for which in ["ours"] + ["reference"] * args.reference:
+        record["runs"].append(run(which, args, path, device))
+        args.out.write_text(json.dumps(record, indent=1))
+    print(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
