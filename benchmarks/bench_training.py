@@ -38,8 +38,7 @@ TRAINER_CONFIG = dict(lr_init=0.009, lr_decay_steps=4, patience=5, tolerance=1e-
 def dataset(preset, data_dir, seed):
     """Generate the preset once (cached in ``data_dir``); returns its folder."""
     folder = Path(data_dir) / preset
-    existing = sorted(folder.glob("static*-Synthetic-s*"))
-    existing = [p for p in existing if p.is_dir()]
+    existing = [p for p in sorted(folder.glob("static*-Synthetic-s*")) if p.is_dir()]
     if existing:
         return existing[0]
     return generate(folder, **PRESETS[preset], seed=seed)
