@@ -87,11 +87,12 @@ class StaticDataset(Dataset):
     def __getitems__(self, indices):
         """One transformed batch (a namedtuple of CPU float32 tensors) for the file indices given."""
         indices = np.asarray(indices)
-        arrays = self.transform({key: value[indices] for key, value in self.store.items()})
-        return data_point(self.data_keys)(*(torch.from_numpy(arrays[key]) for key in self.data_keys))
+        tensors = self.transform({key: value[indices] for key, value in self.store.items()})
+        return data_point(self.data_keys)(*(tensors[key] for key in self.data_keys))
 
     def __getitem__(self, index):
-        return type(batch := self.__getitems__([index]))(*(value[0] for value in batch))
+        batch = self.__getitems__([index])
+        return type(batch)(*(value[0] for value in batch))
 
     def __repr__(self):
         return f"StaticDataset {self.path} (n={self._len} items)\n\t{', '.join(self.data_keys)}"
