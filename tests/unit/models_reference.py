@@ -5,6 +5,7 @@ neuralpredictors 0.3.0 pieces, following the construction order of spec §2.1 st
 """
 import copy
 import random
+import warnings
 from collections import namedtuple
 from types import SimpleNamespace
 
@@ -52,6 +53,12 @@ class _ReferenceMultiReadout(np_ref.layers.readouts.MultiReadoutSharedParameters
 
 def reference_model(dataloaders, seed, **config):
     """sensorium's ``stacked_core_full_gauss_readout`` (seed defaults) built from neuralpredictors 0.3.0."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # neuralpredictors' deprecation and "bias not initialised" warnings
+        return _reference_model(dataloaders, seed, **config)
+
+
+def _reference_model(dataloaders, seed, **config):
     c = dict(
         hidden_channels=32, input_kern=13, hidden_kern=3, layers=3, gamma_input=15.5, skip=0,
         final_nonlinearity=True, momentum=0.9, pad_input=False, batch_norm=True, hidden_dilation=1,
