@@ -19,33 +19,20 @@ import numpy as np
 import torch
 
 from pipeline import builder
+from pipeline.training.checkpoints import state_from_arrays, state_to_arrays
 
 from .recipes import Dataset, Fabrikant, Model, Seed, Trainer
 
 logger = logging.getLogger(__name__)
 
-_TENSOR_TAG = "__tensor__"
-
-
-def to_numpy_tree(obj):
-    """Tensors in a nested dict/list/tuple become tagged numpy arrays, storable as ``<blob>``."""
+def _plain(obj):
+    """Tensors in a nested dict/list/tuple as numpy arrays, so a trainer's output is storable as ``<blob>``."""
     if isinstance(obj, torch.Tensor):
-        return {_TENSOR_TAG: obj.detach().cpu().numpy()}
+        return obj.detach().cpu().numpy()
     if isinstance(obj, dict):
-        return {k: to_numpy_tree(v) for k, v in obj.items()}
+        return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_numpy_tree(v) for v in obj)
-    return obj
-
-
-def from_numpy_tree(obj):
-    """Inverse of :func:`to_numpy_tree`: tagged arrays become tensors again."""
-    if isinstance(obj, dict):
-        if obj.keys() == {_TENSOR_TAG}:
-            return torch.as_tensor(np.array(obj[_TENSOR_TAG]))
-        return {k: from_numpy_tree(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(from_numpy_tree(v) for v in obj)
+        return [_plain(v) for v in obj] if isinstance(obj, list) else tuple(_plain(v) for v in obj)
     return obj
 
 
@@ -90,7 +77,7 @@ class Checkpoint(dj.Manual):
     -> Seed
     ---
     epoch : int32                 # last finished epoch
-    state : <blob>                # trainer state (see schemas.trained.to_numpy_tree)
+    state : <blob>                # trainer state as pipeline.training.checkpoints.state_to_arrays
     checkpoint_host = "" : varchar(255)
     checkpoint_ts = CURRENT_TIMESTAMP : datetime
     """
@@ -149,14 +136,14 @@ class TrainedModel(dj.Computed):
         if checkpoint:
             if _accepts(trainer_fn, "resume_state"):
                 logger.info("resuming %s from its checkpoint at epoch %d", _describe(key), checkpoint[0]["epoch"])
-                kwargs["resume_state"] = from_numpy_tree(checkpoint[0]["state"])
+                kwargs["resume_state"] = state_from_arrays(checkpoint[0]["state"])
             else:
                 logger.warning("%s has a checkpoint but its trainer takes no resume_state; starting over", _describe(key))
 
         def save_checkpoint(epoch=None, state=None, **_):
             if state is not None:
                 Checkpoint.insert1(
-                    {**key, "epoch": epoch, "state": to_numpy_tree(state), "checkpoint_host": socket.gethostname()},
+                    {**key, "epoch": epoch, "state": state_to_arrays(state), "checkpoint_host": socket.gethostname()},
                     replace=True,
                 )
 
@@ -168,7 +155,7 @@ class TrainedModel(dj.Computed):
             raise ValueError(f"trainer {trainer[0]} returned a non-finite score {score} for {_describe(key)}")
         device = str(next(net.parameters(), torch.empty(0)).device)
         comment = ".".join(recipe[2] for recipe in (trainer, model, dataset))[:800]
-        return score, to_numpy_tree(output), weights_to_numpy(state_dict), comment, device, duration
+        return score, _plain(output), weights_to_numpy(state_dict), comment, device, duration
 
     def make_insert(self, key, score, output, weights, comment, device, duration):
         """Write the result and weights and drop the checkpoint, in make's transaction."""

@@ -13,6 +13,7 @@ import torch
 
 from pipeline import builder
 from pipeline.datasets import synthetic
+from pipeline.training.checkpoints import state_from_arrays
 from pipeline.utility import scores
 from schemas.hashing import UnhashableConfigError
 from schemas.recipes import DuplicateEntryError
@@ -194,5 +195,5 @@ def test_interrupted_training_resumes_from_its_checkpoint(fabrik, dataset_key, c
     assert result["success_count"] == 1
     assert any("from its checkpoint at epoch 1" in r.getMessage() for r in caplog.records)
     output = (fabrik.TrainedModel & key).fetch1("output")
-    assert len(output["loss"]) == 3 and output["loss"][0] == checkpoint["state"]["history"][0]
+    assert len(output["loss"]) == 3 and output["loss"][0] == state_from_arrays(checkpoint["state"])["history"][0]
     assert not fabrik.Checkpoint & key
