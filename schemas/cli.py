@@ -67,7 +67,7 @@ def _db_down(args) -> int:
 def _add_synth(commands):
     synth = commands.add_parser("synth", help="write a synthetic V1 dataset in the SENSORIUM file layout")
     synth.add_argument("out", help="folder to create")
-    synth.add_argument("--preset", help="named size preset (see pipeline.datasets.synthetic.PRESETS)")
+    synth.add_argument("--preset", default="default", help="size preset (pipeline.datasets.synthetic.PRESETS)")
     for flag, name in [("--neurons", "n_neurons"), ("--train", "n_train"), ("--validation", "n_validation"),
                        ("--test-images", "n_test_images"), ("--repeats", "n_repeats"), ("--seed", "seed")]:
         synth.add_argument(flag, dest=name, type=int)
@@ -78,17 +78,14 @@ def _add_synth(commands):
 def _synth(args) -> int:
     from pipeline.datasets import synthetic
 
-    options = {}
-    if args.preset:
-        if args.preset not in synthetic.PRESETS:
-            raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(synthetic.PRESETS)}")
-        options.update(synthetic.PRESETS[args.preset])
+    if args.preset not in synthetic.PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(synthetic.PRESETS)}")
+    options = dict(synthetic.PRESETS[args.preset])
     names = ["n_neurons", "n_train", "n_validation", "n_test_images", "n_repeats", "seed", "image_size"]
     options.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
     if "image_size" in options:
         options["image_size"] = tuple(options["image_size"])
     synthetic.generate(args.out, **options)
-    logger.info("Wrote a synthetic dataset to %s", args.out)
     return 0
 
 

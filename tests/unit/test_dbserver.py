@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from schemas import cli, dbserver
+from schemas import dbserver
 
 
 @pytest.fixture
@@ -101,28 +101,3 @@ def test_failed_initialisation_leaves_no_half_written_data_folder(srv, monkeypat
         dbserver.up(srv, srv.folder)
     assert not srv.data.exists()
     assert srv.running() is None
-
-
-def test_cli_starts_nothing_when_DJ_HOST_is_set(tmp_path, monkeypatch, caplog):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DJ_HOST", "db.lab.example")
-    monkeypatch.setenv("V1FABRIK_HOME", str(tmp_path / "home"))
-    with caplog.at_level("INFO"):
-        assert cli.main(["db", "up"]) == 0
-    assert "DJ_HOST=db.lab.example is set: using that server and starting nothing." in caplog.text
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_cli_status_and_down_without_a_server(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("DJ_HOST", raising=False)
-    monkeypatch.setenv("V1FABRIK_HOME", str(tmp_path))
-    assert cli.main(["db", "status"]) == 3
-    assert "no local database server is running: start one with `v1fabrik db up`" in capsys.readouterr().out
-    assert cli.main(["db", "down"]) == 0
-
-
-def test_cli_prints_user_errors_as_one_line(monkeypatch, capsys):
-    monkeypatch.delenv("DJ_HOST", raising=False)
-    monkeypatch.setenv("DJ_PORT", "nope")
-    assert cli.main(["db", "status"]) == 1
-    assert capsys.readouterr().err == "v1fabrik: error: DJ_PORT='nope' is not a port number\n"
