@@ -8,6 +8,7 @@ select neurons before normalising them, and append the constant behaviour / eye 
 rescaling (rescaling leaves constant planes unchanged). The results differ from the reference only
 by float64 rounding, far below float32 resolution.
 """
+import functools
 import logging
 
 import numpy as np
@@ -18,24 +19,34 @@ from .filetree import DatasetFormatError, FileTree
 logger = logging.getLogger(__name__)
 
 
-def rescale_matrix(n_in: int, scale: float) -> np.ndarray:
-    """The (n_out, n_in) linear map of ``skimage.transform.rescale`` along one axis.
+@functools.lru_cache(maxsize=None)
+def rescale_taps(n_in: int, scale: float):
+    """Along one axis, ``skimage.transform.rescale``'s two source indices and weight per output pixel.
 
     skimage (order 1, ``mode="reflect"``, no anti-aliasing) calls ``scipy.ndimage.zoom`` with
     ``grid_mode=True``: output pixel o samples the input at ``(o + 0.5) * n_in / n_out - 0.5``
     (bilinear interpolation with ``align_corners=False``), and samples outside the image are mirrored
     about the edge pixels (``… x2 x1 | x0 x1 …``). For downscaling, this equals
     ``F.interpolate(mode="bilinear", align_corners=False, antialias=False)``; for upscaling the edge
-    rows differ from torch, which clamps instead of mirroring, so we build the map ourselves.
+    rows differ from torch, which clamps instead of mirroring, so we do it ourselves.
+
+    Returns:
+        (lower, upper, weight): output o = (1 - weight[o]) * x[lower[o]] + weight[o] * x[upper[o]].
     """
     n_out = max(int(np.round(scale * n_in)), 1)
     coords = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    lower = np.floor(coords)
-    weight = coords - lower
-    matrix = np.zeros((n_out, n_in))
-    for offset, w in ((0, 1 - weight), (1, weight)):
-        np.add.at(matrix, (np.arange(n_out), _mirror(lower.astype(int) + offset, n_in)), w)
-    return matrix
+    floor = np.floor(coords)
+    return (torch.from_numpy(_mirror(floor.astype(np.int64), n_in)),
+            torch.from_numpy(_mirror(floor.astype(np.int64) + 1, n_in)), torch.from_numpy(coords - floor))
+
+
+def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """Rescale the last two axes of ``images`` exactly as skimage's ``rescale`` (see ``rescale_taps``)."""
+    for axis in (-2, -1):
+        lower, upper, weight = rescale_taps(images.shape[axis], scale)
+        weight = weight.reshape(-1, 1) if axis == -2 else weight
+        images = images.index_select(axis, lower) * (1 - weight) + images.index_select(axis, upper) * weight
+    return images
 
 
 def _mirror(index: np.ndarray, n: int) -> np.ndarray:
@@ -69,7 +80,6 @@ class BatchTransform:
         self.eye_channels = eye_channels
         self.scale = scale
         self.neuron_idx = np.asarray(neuron_idx if neuron_idx is not None else np.arange(tree.n_neurons))
-        self._matrices = {}
         self.normalisation = {}
         if normalize:
             self._set_normalisation(tree, [exclude] if isinstance(exclude, str) else list(exclude or []),
@@ -100,20 +110,13 @@ class BatchTransform:
                                              f"cannot normalise {field}")
                 self.normalisation[field] = torch.as_tensor(offset, dtype=torch.float64), torch.as_tensor(spread)
 
-    def _rescale(self, images: torch.Tensor) -> torch.Tensor:
-        h, w = images.shape[-2:]
-        if (h, w) not in self._matrices:
-            rows, cols = rescale_matrix(h, self.scale), rescale_matrix(w, self.scale).T
-            self._matrices[h, w] = torch.from_numpy(rows), torch.from_numpy(cols)
-        rows, cols = self._matrices[h, w]
-        return rows @ images @ cols
-
     def __call__(self, raw: dict) -> dict:
         """Map ``{field: raw batch array}`` to ``{field: float32 tensor}``."""
-        out = {field: torch.from_numpy(np.asarray(raw[field])).double() for field in self.fields}
+        out = {field: torch.from_numpy(np.asarray(raw[field])) for field in self.fields}
         out["responses"] = out["responses"][:, self.neuron_idx]
         if self.scale is not None:
-            out["images"] = self._rescale(out["images"])
+            out["images"] = rescale(out["images"], self.scale)  # float64 from here (weights are float64)
+        out = {field: value.double() for field, value in out.items()}
         for field, (offset, spread) in self.normalisation.items():
             out[field] = (out[field] - offset) / spread
         planes = [out["behavior"]] if self.behavior_channels else []
