@@ -10,13 +10,26 @@ import zlib
 
 import datajoint as dj
 
+from .heartbeat import LiveWorker
 from .recipes import Dataset, Experiment, Fabrikant, Model, Seed, Trainer
+from .recovery import TransientFailure
 from .scoring import SCORE_TABLES
 from .trained import Checkpoint, TrainedModel
 
 logger = logging.getLogger(__name__)
 
-TABLES = (Fabrikant, Seed, Dataset, Model, Trainer, Experiment, TrainedModel, Checkpoint, *SCORE_TABLES)
+
+class _JobTableSeedWarning(logging.Filter):
+    """Drop DataJoint 2.3.5's spurious warning about ``seed``: job tables re-declare the ``int32`` key as ``int``."""
+
+    def filter(self, record):
+        return "Native type 'int' is used in attribute 'seed'" not in record.getMessage()
+
+
+logging.getLogger("datajoint").addFilter(_JobTableSeedWarning())
+
+TABLES = (Fabrikant, Seed, Dataset, Model, Trainer, Experiment, TrainedModel, Checkpoint, *SCORE_TABLES,
+          LiveWorker, TransientFailure)
 COMPUTED = (TrainedModel, *SCORE_TABLES)
 LOCK_TIMEOUT_S = 120
 
