@@ -74,14 +74,39 @@ def resolve_fn(name):
     return fn
 
 
+class ContractError(TypeError):
+    """A registered function returned something other than its contract says."""
+
+
+def _check_dataloaders(name, dataloaders):
+    if not isinstance(dataloaders, dict) or not all(isinstance(v, dict) for v in dataloaders.values()):
+        raise ContractError(f"dataset function {fn_name(name)!r} returned a {type(dataloaders).__name__}; "
+                            "it must return {tier: {data_key: DataLoader}}")
+    return dataloaders
+
+
+def check_trainer_result(name, result):
+    """``(score, output, state_dict)`` from a trainer's return value, or ContractError naming the trainer."""
+    if not (isinstance(result, tuple) and len(result) == 3 and isinstance(result[2], dict)):
+        raise ContractError(f"trainer {fn_name(name)!r} returned {type(result).__name__} {result!r:.60}; "
+                            "it must return (score, output, state_dict)")
+    score, output, state_dict = result
+    if isinstance(score, bool) or not isinstance(score, (int, float, np.number)) and not (
+            torch.is_tensor(score) and score.numel() == 1):
+        raise ContractError(f"trainer {fn_name(name)!r} returned a {type(score).__name__} score; it must be a number")
+    return float(score), output, state_dict
+
+
 def get_data(dataset_fn, dataset_config):
     """Call the dataset function with its config: ``dataset_fn(**dataset_config)``."""
-    return resolve_fn(dataset_fn)(**dataset_config)
+    return _check_dataloaders(dataset_fn, resolve_fn(dataset_fn)(**dataset_config))
 
 
 def get_model(model_fn, model_config, dataloaders=None, seed=None, state_dict=None, strict=True):
     """Build ``model_fn(dataloaders, seed=seed, **model_config)``; load ``state_dict`` if given."""
     model = resolve_fn(model_fn)(dataloaders, seed=seed, **model_config)
+    if not isinstance(model, torch.nn.Module):
+        raise ContractError(f"model function {fn_name(model_fn)!r} returned a {type(model).__name__}, not a torch.nn.Module")
     if state_dict is not None:
         model.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in state_dict.items()}, strict=strict)
     return model

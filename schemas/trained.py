@@ -21,6 +21,7 @@ import torch
 from pipeline import builder
 from pipeline.training.checkpoints import state_from_arrays, state_to_arrays
 
+from . import preemption, recovery
 from .recipes import Dataset, Fabrikant, Model, Seed, Trainer
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class TrainedModel(dj.Computed):
             recipes.append((table & key).fetch1(f"{r}_fn", f"{r}_config", f"{r}_comment"))
         return (*recipes, key["seed"])
 
+    @preemption.guarded
     def make_compute(self, key, dataset, model, trainer, seed):
         """Build data and model, train (resuming from a checkpoint), return the result. No transaction."""
         (dataset_fn, dataset_config, _), (model_fn, model_config, _), (trainer_fn, trainer_config, _) = dataset, model, trainer
@@ -142,15 +144,17 @@ class TrainedModel(dj.Computed):
 
         def save_checkpoint(epoch=None, state=None, **_):
             if state is not None:
-                Checkpoint.insert1(
+                recovery.write_checkpoint(
+                    Checkpoint,
                     {**key, "epoch": epoch, "state": state_to_arrays(state), "checkpoint_host": socket.gethostname()},
-                    replace=True,
                 )
+            preemption.checkpoint_reached()
 
         start = time.time()
-        score, output, state_dict = trainer_fn(model=net, dataloaders=dataloaders, seed=seed, uid=key, cb=save_checkpoint, **kwargs)
+        result = trainer_fn(model=net, dataloaders=dataloaders, seed=seed, uid=key, cb=save_checkpoint, **kwargs)
+        score, output, state_dict = builder.check_trainer_result(trainer[0], result)
         duration = time.time() - start
-        score = float(score)
+        recovery.wait_for_database()  # the result is in memory: keep it through a database restart
         if not np.isfinite(score):
             raise ValueError(f"trainer {trainer[0]} returned a non-finite score {score} for {_describe(key)}")
         device = str(next(net.parameters(), torch.empty(0)).device)

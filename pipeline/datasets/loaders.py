@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
 
 from ..utility.seeding import set_random_seed
+from ..validation import require_positive_ints
 from .filetree import AttrDict, FileTree
 from .transforms import BatchTransform
 
@@ -216,6 +217,7 @@ def static_loaders(paths, batch_size, seed=None, *, neuron_ids=None, image_ids=N
         logger.warning("static_loaders: overwrite_data_path is ignored; paths are used as given")
     if isinstance(paths, (str, os.PathLike)):
         raise TypeError(f"paths must be a list of dataset paths, got the single path {paths!r}")
+    require_positive_ints(batch_size=batch_size)
     if seed is not None:
         set_random_seed(seed)
     loaders = OrderedDict()

@@ -4,6 +4,7 @@ import copy
 import torch
 
 from ..utility.seeding import set_random_seed
+from ..validation import require_positive_ints
 from .cores import Stacked2dCore
 from .encoders import FiringRateEncoder
 from .readouts import MultipleFullGaussian2d
@@ -90,6 +91,8 @@ def stacked_core_full_gauss_readout(
     Returns:
         a ``FiringRateEncoder`` with ``.core``, ``.readout`` and ``.shifter`` (or None).
     """
+    require_positive_ints(hidden_channels=hidden_channels, input_kern=input_kern, hidden_kern=hidden_kern,
+                          layers=layers, hidden_dilation=hidden_dilation)
     if attention_conv:
         raise ValueError("attention_conv=True is not supported; use depth_separable or plain convs")
     if shifter is True and shifter_type != "MLP":
