@@ -123,18 +123,17 @@ def _stack_trials(folder: Path, n_trials: int) -> np.ndarray:
     if dtype.hasobject:
         raise DatasetFormatError(f"{first} holds Python objects; only numeric arrays are supported")
     out = np.empty((n_trials, *shape), dtype=dtype)
-    nbytes = out[0].nbytes
+    rows = out.reshape(n_trials, -1).view(np.uint8)  # each trial's bytes, filled in place
     for k in range(n_trials):
-        path = folder / f"{k}.npy"
+        path = os.path.join(folder, f"{k}.npy")
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
+            with open(path, "rb", buffering=0) as fh:
+                same = fh.read(header) == prefix and not fortran
+                same = same and fh.readinto(rows[k]) == rows.shape[1] and not fh.read(1)
         except FileNotFoundError:
             raise DatasetFormatError(f"{path} is missing (expected trials 0..{n_trials - 1})") from None
-        if raw[:header] == prefix and len(raw) == header + nbytes and not fortran:
-            out[k] = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-        else:
-            value = _load_npy(path)
+        if not same:
+            value = _load_npy(Path(path))
             if value.shape != tuple(shape):
                 raise DatasetFormatError(f"{path} has shape {value.shape}, but {first} has {tuple(shape)}")
             out[k] = value
@@ -182,8 +181,33 @@ class FileTree:
             raise DatasetFormatError(f"{folder} is missing")
         return sum(1 for _ in folder.glob("*.npy"))
 
-    def load(self, field: str) -> np.ndarray:
-        """All trials of ``data/<field>`` as one array (n_trials, ...), validated."""
+    def load(self, field: str, memmap: bool = False) -> np.ndarray:
+        """All trials of ``data/<field>`` as one array (n_trials, ...), validated.
+
+        With ``memmap``, the array is saved once as one ``.npy`` in the user cache (keyed by the
+        folder's path and modification times) and later loads memory-map it instead of reading
+        thousands of files.
+        """
+        if not memmap:
+            return self._read(field)
+        store = self._store_path(field)
+        if not store.exists():
+            values = self._read(field)
+            store.parent.mkdir(parents=True, exist_ok=True)
+            partial = store.with_name(f"{field}.{os.getpid()}.partial.npy")
+            np.save(partial, values)
+            os.replace(partial, store)
+            logger.info("cached %s/data/%s as %s", self.path, field, store)
+        return np.load(store, mmap_mode="r")
+
+    def _store_path(self, field: str) -> Path:
+        folder = self.path / "data" / field
+        stamps = [str(p.stat().st_mtime_ns) for p in (folder, folder / "0.npy", folder / f"{self.n_trials - 1}.npy")
+                  if p.exists()]
+        key = "|".join([str(self.path.resolve()), field, str(self.n_trials), *stamps])
+        return cache_dir().parent / "stores" / hashlib.sha1(key.encode()).hexdigest()[:16] / f"{field}.npy"
+
+    def _read(self, field: str) -> np.ndarray:
         folder = self.path / "data" / field
         n_files = self.count(field)
         if n_files != self.n_trials:

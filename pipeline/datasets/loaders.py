@@ -70,7 +70,7 @@ class StaticDataset(Dataset):
         statistics: ``meta/statistics`` as nested attribute dicts.
     """
 
-    def __init__(self, tree: FileTree, data_keys, transform: BatchTransform):
+    def __init__(self, tree: FileTree, data_keys, transform: BatchTransform, memmap: bool = False):
         self.path = tree.path
         self.data_keys = tuple(data_keys)
         self.transform = transform
@@ -79,7 +79,8 @@ class StaticDataset(Dataset):
         self.statistics = tree.statistics
         self._len = tree.n_trials
         self.store = {
-            key: tree.trial_info[key][:, None] if key in tree.trial_info else tree.load(key) for key in self.data_keys
+            key: tree.trial_info[key][:, None] if key in tree.trial_info else tree.load(key, memmap)
+            for key in self.data_keys
         }
 
     def __len__(self):
@@ -174,8 +175,11 @@ def static_loader(path, batch_size, *, areas=None, layers=None, tier=None, neuro
                   normalize=True, exclude=None, include_behavior=False, add_behavior_as_channels=True,
                   inputs_mean=None, inputs_std=None, scale=None, include_eye_position=None,
                   add_eye_pos_as_channels=None, include_trial_info_keys=None, num_workers=0, pin_memory=False,
-                  get_key=False):
-    """``{tier: DataLoader}`` for one dataset (folder or zip); ``(data_key, loaders)`` with ``get_key``."""
+                  memmap=False, get_key=False):
+    """``{tier: DataLoader}`` for one dataset (folder or zip); ``(data_key, loaders)`` with ``get_key``.
+
+    ``memmap=True`` caches each data folder as one ``.npy`` in the user cache and memory-maps it.
+    """
     path = os.fspath(path)
     data_keys = ["images", "responses"]
     data_keys += ["behavior"] if include_behavior else []
@@ -193,7 +197,7 @@ def static_loader(path, batch_size, *, areas=None, layers=None, tier=None, neuro
         behavior_channels=bool(include_behavior and add_behavior_as_channels),
         eye_channels=bool(add_eye_pos_as_channels), scale=scale, neuron_idx=neuron_idx,
     )
-    dataset = StaticDataset(tree, data_keys, transform)
+    dataset = StaticDataset(tree, data_keys, transform, memmap)
     loaders = OrderedDict()
     for name, subset in _tier_indices(tree, tier, image_ids, image_n, image_base_seed).items():
         sampler = SubsetRandomSampler(subset) if name == "train" else SubsetSequentialSampler(subset)
@@ -207,7 +211,7 @@ def static_loaders(paths, batch_size, seed=None, *, neuron_ids=None, image_ids=N
     """sensorium's dataset function: ``{tier: {data_key: DataLoader}}`` for one or more datasets.
 
     Takes the same arguments and defaults as ``sensorium.datasets.static_loaders`` (see
-    ``static_loader``), plus ``num_workers`` and ``pin_memory``. ``neuron_ids`` / ``image_ids`` are
+    ``static_loader``), plus ``num_workers``, ``pin_memory`` and ``memmap``. ``neuron_ids`` / ``image_ids`` are
     lists with one entry per path. ``cuda`` and ``overwrite_data_path`` are accepted and ignored:
     batches stay on the CPU (the trainer moves them) and paths are used as given.
     """

@@ -105,3 +105,17 @@ def test_dead_and_contradictory_options(tiny, caplog):
         static_loaders(str(tiny), batch_size=8)
     with pytest.raises(ValueError, match="meta/trials/bogus.npy does not exist"):
         static_loaders([str(tiny)], batch_size=8, include_trial_info_keys=["bogus"])
+
+
+def test_memmap_store_gives_the_same_batches(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("V1FABRIK_CACHE", str(tmp_path / "cache"))
+    config = dict(batch_size=8, include_behavior=True, include_eye_position=True, scale=0.5)
+    plain = list(static_loaders([str(tiny)], **config)["validation"]["90004-1-1"])
+    first = static_loaders([str(tiny)], memmap=True, **config)["validation"]["90004-1-1"]
+    stores = sorted(p.name for p in (tmp_path / "cache").rglob("*.npy"))
+    assert stores == ["behavior.npy", "images.npy", "pupil_center.npy", "responses.npy"]
+    again = static_loaders([str(tiny)], memmap=True, **config)["validation"]["90004-1-1"]
+    assert isinstance(again.dataset.store["images"], np.memmap)
+    for loader in (first, again):
+        for a, b in zip(plain, loader):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
