@@ -4,7 +4,7 @@ Both models are built by their builders for the seed notebook config (7538 neuro
 grid predictor) and carry identical weights. Forward is eval mode under ``no_grad``; forward+backward
 is training mode (sampled readout positions, BatchNorm batch statistics) on
 ``Σ rates + core and readout regularizers``. Images/s is the median over ``--repeats`` timed steps
-after one warm-up step.
+after one warm-up step; the models take turns step by step.
 
 Run from the repository root (results go to ``benchmarks/results/model.md``):
 
@@ -34,25 +34,20 @@ VARIANTS = {
 }
 
 
-def step_seconds(model, images, pupil_center, backward, repeats):
-    """Median wall time of one forward (eval, no_grad) or forward+backward (train) step."""
-    model.train(backward)
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        if backward:
-            model.zero_grad(set_to_none=True)
-            rates = model(images, data_key=DATA_KEY, pupil_center=pupil_center)
-            loss = rates.sum() + model.core.regularizer() + model.readout.regularizer(DATA_KEY)
-            loss.backward()
-        else:
-            with torch.no_grad():
-                model(images, data_key=DATA_KEY, pupil_center=pupil_center)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+def train_step(model, images, pupil_center):
+    model.zero_grad(set_to_none=True)
+    rates = model(images, data_key=DATA_KEY, pupil_center=pupil_center)
+    (rates.sum() + model.core.regularizer() + model.readout.regularizer(DATA_KEY)).backward()
+
+
+def eval_step(model, images, pupil_center):
+    with torch.no_grad():
+        model(images, data_key=DATA_KEY, pupil_center=pupil_center)
 
 
 def run(resolutions, variants, repeats):
+    """Images/s per (resolution, model, step). Models take turns step by step, so on a shared machine
+    they see the same background load."""
     rows = []
     for (height, width), batch in resolutions:
         loaders = stand_in_loaders(DATA_KEY, N_NEURONS, (1, height, width), n_trials=2, batch_size=2)
@@ -62,11 +57,18 @@ def run(resolutions, variants, repeats):
             models[name] = stacked_core_full_gauss_readout(loaders, 42, **SEED_CONFIG, **VARIANTS[name])
             models[name].load_state_dict(reference.state_dict())
         images, pupil_center = torch.randn(batch, 1, height, width), torch.randn(batch, 2)
-        for name, model in models.items():
-            for backward in (False, True):
-                seconds = step_seconds(model, images, pupil_center, backward, repeats)
-                row = dict(resolution=f"{height}x{width}", batch=batch, model=name,
-                           step="forward+backward" if backward else "forward", images_per_s=batch / seconds)
+        for step_name, step, training in (("forward", eval_step, False), ("forward+backward", train_step, True)):
+            times = {name: [] for name in models}
+            for model in models.values():  # warm-up (and compilation)
+                step(model.train(training), images, pupil_center)
+            for _ in range(repeats):
+                for name, model in models.items():
+                    start = time.perf_counter()
+                    step(model, images, pupil_center)
+                    times[name].append(time.perf_counter() - start)
+            for name, seconds in times.items():
+                row = dict(resolution=f"{height}x{width}", batch=batch, model=name, step=step_name,
+                           images_per_s=batch / statistics.median(seconds))
                 logger.info("%s", row)
                 rows.append(row)
     return rows
