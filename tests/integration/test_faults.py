@@ -17,6 +17,7 @@ import pytest
 
 from pipeline import builder
 from pipeline.datasets import synthetic
+from schemas.status import report
 from tests.integration import fault_functions
 from tests.integration.test_pipeline import DATASET, MODEL, TINY_MODEL
 
@@ -26,26 +27,30 @@ TIMING = {"V1FABRIK_HEARTBEAT_S": "0.5", "V1FABRIK_GRACE_S": "2"}
 
 
 @pytest.fixture(scope="module")
-def fabrik(db_prefix, tmp_path_factory):
-    """The bound tables with the test helpers allowed, seeds 1-3 and a tiny synthetic Dataset entry."""
+def fabrik(db_prefix):
+    """The bound tables (``schemas``) with the test helpers allowed and seeds 1-3."""
     os.environ[builder.ALLOWED_MODULES_ENV] = HELPERS
     import schemas
 
     schemas.Seed.insert([{"seed": s} for s in (1, 2, 3)], skip_duplicates=True)
-    path = synthetic.generate(tmp_path_factory.mktemp("data"), **synthetic.PRESETS["tiny"])
-    schemas.dataset_path = Path(path)
-    schemas.dataset_key = schemas.Dataset().add_entry(DATASET, {"paths": [str(path)], "batch_size": 32, "include_eye_position": True},
-                                                      skip_duplicates=True)
     yield schemas
     os.environ.pop(builder.ALLOWED_MODULES_ENV)
 
 
-def _experiment(fabrik, name, models, epochs, epoch_s, seeds=(1,)):
+@pytest.fixture(scope="module")
+def tiny(fabrik, tmp_path_factory):
+    """``(folder, Dataset key)`` of a tiny synthetic dataset."""
+    path = Path(synthetic.generate(tmp_path_factory.mktemp("data"), **synthetic.PRESETS["tiny"]))
+    config = {"paths": [str(path)], "batch_size": 32, "include_eye_position": True}
+    return path, fabrik.Dataset().add_entry(DATASET, config, skip_duplicates=True)
+
+
+def _experiment(fabrik, tiny, name, models, epochs, epoch_s, seeds=(1,)):
     """Register ``name``: the tiny dataset x ``models`` hidden-channel variants x slow_trainer x seeds."""
     model_keys = [fabrik.Model().add_entry(MODEL, {**TINY_MODEL, "hidden_channels": c}, skip_duplicates=True)
                   for c in models]
     trainer = fabrik.Trainer().add_entry(SLOW, {"epochs": epochs, "epoch_s": epoch_s}, skip_duplicates=True)
-    fabrik.Experiment().add(name, [fabrik.dataset_key], model_keys, [trainer], list(seeds))
+    fabrik.Experiment().add(name, [tiny[1]], model_keys, [trainer], list(seeds))
     return fabrik.Experiment.combinations(name)
 
 
@@ -68,13 +73,19 @@ def _lines(path):
     return path.read_text().split("\n")[:-1] if path.exists() else []
 
 
-def test_killed_worker_job_is_taken_over_and_resumes_from_its_checkpoint(fabrik, db_prefix, tmp_path):
-    combos = _experiment(fabrik, "kill9", [3], epochs=3, epoch_s=1.0)
+def test_killed_worker_job_is_taken_over_and_resumes_from_its_checkpoint(fabrik, tiny, db_prefix, tmp_path):
+    combos = _experiment(fabrik, tiny, "kill9", [3], epochs=3, epoch_s=1.0)
     first = _worker(db_prefix, "kill9", tmp_path)
     _wait_for(lambda: len(fabrik.Checkpoint & combos) == 1, what="the first checkpoint")
     first.kill()  # SIGKILL mid-epoch 2: the job stays reserved under a silent worker
     first.wait()
     assert len(fabrik.TrainedModel.jobs.reserved & combos.keys()) == 1
+    time.sleep(2 * float(TIMING["V1FABRIK_HEARTBEAT_S"]))
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in TIMING.items():
+            env.setenv(name, value)
+        shown = report().split("stale reservations")
+    assert len(shown) == 2 and f":{first.pid}, last beat" in shown[1]  # `v1fabrik status` names the dead worker
 
     second = _worker(db_prefix, "kill9", tmp_path)
     output = second.communicate(timeout=120)[0]
@@ -86,8 +97,8 @@ def test_killed_worker_job_is_taken_over_and_resumes_from_its_checkpoint(fabrik,
     assert len((fabrik.TrainedModel & combos).fetch1("output")["loss"]) == 3
 
 
-def test_sigterm_returns_the_job_to_pending_and_another_worker_finishes_it(fabrik, db_prefix, tmp_path):
-    combos = _experiment(fabrik, "sigterm", [5], epochs=3, epoch_s=1.0)
+def test_sigterm_returns_the_job_to_pending_and_another_worker_finishes_it(fabrik, tiny, db_prefix, tmp_path):
+    combos = _experiment(fabrik, tiny, "sigterm", [5], epochs=3, epoch_s=1.0)
     first = _worker(db_prefix, "sigterm", tmp_path)
     _wait_for(lambda: len(fabrik.Checkpoint & combos) == 1, what="the first checkpoint")
     first.send_signal(signal.SIGTERM)
@@ -104,8 +115,8 @@ def test_sigterm_returns_the_job_to_pending_and_another_worker_finishes_it(fabri
     assert [line.split()[2] for line in _lines(tmp_path / "starts.log")] == ["1", "3"]
 
 
-def test_four_workers_two_killed_complete_twelve_keys_exactly_once(fabrik, db_prefix, tmp_path):
-    combos = _experiment(fabrik, "twelve", [2, 4, 6, 7], epochs=2, epoch_s=0.3, seeds=(1, 2, 3))
+def test_four_workers_two_killed_complete_twelve_keys_exactly_once(fabrik, tiny, db_prefix, tmp_path):
+    combos = _experiment(fabrik, tiny, "twelve", [2, 4, 6, 7], epochs=2, epoch_s=0.3, seeds=(1, 2, 3))
     workers = [_worker(db_prefix, "twelve", tmp_path) for _ in range(4)]
     _wait_for(lambda: len(fabrik.Checkpoint & combos) >= 1, what="the first checkpoint")
     rng = random.Random(8)
@@ -124,7 +135,8 @@ def test_four_workers_two_killed_complete_twelve_keys_exactly_once(fabrik, db_pr
     assert {key for key, _ in finished} == {f"{k['model_hash']}-{k['seed']}" for k in combos.to_dicts()}
 
 
-def test_hostile_rows_are_refused_and_run_nothing(fabrik, tmp_path):
+def test_hostile_rows_are_refused_and_run_nothing(fabrik, tiny, tmp_path):
+    dataset_key = tiny[1]
     sentinel = tmp_path / "pwned"
     user = fabrik.Fabrikant.ensure_current_user()
     hostile = [
@@ -143,9 +155,9 @@ def test_hostile_rows_are_refused_and_run_nothing(fabrik, tmp_path):
     trainer = fabrik.Trainer().add_entry("pipeline.training.standard_trainer", {"loss_function": "os.system"},
                                          skip_duplicates=True)
     good_model = fabrik.Model().add_entry(MODEL, TINY_MODEL, skip_duplicates=True)
-    keys = [{**fabrik.dataset_key, "model_fn": fn, "model_hash": f"{i:032d}"} for i, (fn, _) in enumerate(hostile)]
+    keys = [{**dataset_key, "model_fn": fn, "model_hash": f"{i:032d}"} for i, (fn, _) in enumerate(hostile)]
     keys[1]["model_fn"] = "subprocess.call"
-    dotted_value = {**fabrik.dataset_key, **good_model, **trainer, "seed": 1}
+    dotted_value = {**dataset_key, **good_model, **trainer, "seed": 1}
     slow = fabrik.Trainer().add_entry(SLOW, {"epochs": 1, "epoch_s": 0}, skip_duplicates=True)
     result = fabrik.TrainedModel.populate([{**k, **slow, "seed": 1} for k in keys] + [dotted_value],
                                           reserve_jobs=True, suppress_errors=True)
@@ -182,8 +194,8 @@ def _drop_neuron(path):
     np.save(path, np.load(path)[:-1])
 
 
-def test_every_bad_input_is_a_clear_job_error_and_nothing_is_stored(fabrik):
-    base = fabrik.dataset_path
+def test_every_bad_input_is_a_clear_job_error_and_nothing_is_stored(fabrik, tiny):
+    base, dataset_key = tiny
     datasets = {
         "missing file": ({"paths": [_broken_copy(base, "missing", Path.unlink)], "batch_size": 8}, "holds 103 trials"),
         "truncated npy": ({"paths": [_broken_copy(base, "truncated", _truncate)], "batch_size": 8}, "cannot read"),
@@ -205,15 +217,15 @@ def test_every_bad_input_is_a_clear_job_error_and_nothing_is_stored(fabrik):
         expected[name] = ({**key, **good_model, **slow}, message)
     for name, (config, message) in models.items():
         key = fabrik.Model().add_entry(MODEL, config, comment=name)
-        expected[name] = ({**fabrik.dataset_key, **key, **slow}, message)
+        expected[name] = ({**dataset_key, **key, **slow}, message)
     for name, fn, message in [("NaN loss", "nan_trainer", "NonFiniteLossError"),
                               ("trainer returns a list", "list_trainer", "must return (score, output, state_dict)")]:
         trainer = fabrik.Trainer().add_entry(f"{HELPERS}.fault_functions.{fn}", {}, skip_duplicates=True)
-        expected[name] = ({**fabrik.dataset_key, **good_model, **trainer}, message)
+        expected[name] = ({**dataset_key, **good_model, **trainer}, message)
     for name, kind, fn, message in [("dataset returns a list", "Dataset", "dict_dataset", "returned a list"),
                                     ("model returns a str", "Model", "string_model", "not a torch.nn.Module")]:
         key = getattr(fabrik, kind)().add_entry(f"{HELPERS}.fault_functions.{fn}", {}, skip_duplicates=True)
-        parts = {**fabrik.dataset_key, **good_model, **slow, **key}
+        parts = {**dataset_key, **good_model, **slow, **key}
         expected[name] = (parts, message)
     keys = [{**key, "seed": 1} for key, _ in expected.values()]
 
