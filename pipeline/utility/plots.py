@@ -77,6 +77,29 @@ def retinotopy_map(cortical_xy, rf_positions) -> Figure:
     return fig
 
 
+def readout_positions(feature_map, positions, shifted=None) -> Figure:
+    """Where each neuron reads out on a core output map, optionally also after the shifter's shift.
+
+    Args:
+        feature_map: (H, W) image of the core output, e.g. its mean over channels for one trial.
+        positions: (N, 2) readout positions (x, y) in grid coordinates: [-1, 1] from the first to the
+            last pixel centre, y = -1 at the top row (``torch.nn.functional.grid_sample``'s convention).
+        shifted: (N, 2) the same positions after the shift of one trial, or None.
+    """
+    feature_map = _finite("feature_map", feature_map, ndim=2, like=None, shape="(H, W)")
+    positions = _points("positions", positions)
+    fig, (ax,) = _figure(1, 1, width=7, height=7 * feature_map.shape[0] / feature_map.shape[1] + 0.8)
+    ax.imshow(feature_map, cmap="gray", extent=(-1, 1, 1, -1), aspect="auto")
+    ax.scatter(positions[:, 0], positions[:, 1], s=14, color="tab:orange", label="unshifted")
+    if shifted is not None:
+        shifted = _points("shifted", shifted, like=("positions", positions))
+        ax.scatter(shifted[:, 0], shifted[:, 1], s=14, marker="x", color="tab:cyan", label="shifted")
+    ax.set_xlabel("readout x (grid units)")
+    ax.set_ylabel("readout y (grid units)")
+    ax.legend(frameon=True, loc="upper right")
+    return fig
+
+
 def training_history(val_corr, loss) -> Figure:
     """Validation correlation and training loss per epoch (epochs counted from 1), best epoch marked."""
     val_corr = _vector("val_corr", val_corr)
@@ -124,14 +147,14 @@ def _points(name, values, like=None):
     return points
 
 
-def _finite(name, values, ndim, like):
+def _finite(name, values, ndim, like, shape=None):
     """``values`` as a finite float array of ``ndim`` dims, as long as ``like`` = (name, array) if given."""
     try:
         array = np.asarray(values, dtype=float)
     except (TypeError, ValueError) as error:
         raise TypeError(f"{name} must be numeric, got {type(values).__name__}: {error}") from None
     if array.ndim != ndim or len(array) == 0:
-        shape = "(N,)" if ndim == 1 else "(N, 2)"
+        shape = shape or ("(N,)" if ndim == 1 else "(N, 2)")
         raise ValueError(f"{name} must be a non-empty array of shape {shape}, got shape {array.shape}")
     if like is not None and len(array) != len(like[1]):
         raise ValueError(f"{name} has {len(array)} neurons but {like[0]} has {len(like[1])}")

@@ -68,6 +68,20 @@ def test_retinotopy_map_colours_cortical_positions_by_rf_position():
         np.testing.assert_array_equal(dots.get_array(), rf[:, i])
 
 
+def test_readout_positions_draw_both_position_sets_on_the_map_in_grid_coordinates():
+    feature_map = rng.normal(size=(17, 31))
+    positions = rng.uniform(-1, 1, size=(25, 2))
+    shifted = positions + [0.1, -0.05]
+    ax = plots.readout_positions(feature_map, positions, shifted).axes[0]
+    image = ax.images[0]
+    np.testing.assert_array_equal(image.get_array(), feature_map)
+    assert image.get_extent() == [-1, 1, 1, -1]  # y = -1 is the top row, as in grid_sample
+    np.testing.assert_array_equal(ax.collections[0].get_offsets(), positions)
+    np.testing.assert_array_equal(ax.collections[1].get_offsets(), shifted)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["unshifted", "shifted"]
+    assert len(plots.readout_positions(feature_map, positions).axes[0].collections) == 1
+
+
 def test_training_history_plots_both_series_and_marks_the_best_epoch():
     val = np.array([0.1, 0.25, 0.31, 0.30, 0.29])
     loss = np.array([900.0, 700.0, 650.0, 640.0, 635.0])
@@ -96,6 +110,8 @@ def test_figures_render_to_png(tmp_path):
         (lambda: plots.correlation_distributions({}), "non-empty mapping"),
         (lambda: plots.correlation_distributions({"m": [[0.1]]}), r"correlations\['m'\] must be"),
         (lambda: plots.training_history([0.1, 0.2], [1.0, np.inf]), "loss has 1 non-finite values"),
+        (lambda: plots.readout_positions(np.zeros(4), np.zeros((3, 2))), r"feature_map must be a non-empty array of shape \(H, W\)"),
+        (lambda: plots.readout_positions(np.zeros((4, 4)), np.zeros((3, 2)), np.zeros((2, 2))), "shifted has 2 neurons but positions has 3"),
     ],
 )
 def test_bad_input_names_the_culprit(call, message):
