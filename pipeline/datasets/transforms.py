@@ -44,6 +44,8 @@ def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
     """Rescale the last two axes of ``images`` exactly as skimage's ``rescale`` (see ``rescale_taps``)."""
     for axis in (-2, -1):
         lower, upper, weight = rescale_taps(images.shape[axis], scale)
+        if len(lower) == images.shape[axis] and not weight.any():  # identity, e.g. scale=1
+            continue
         weight = weight.reshape(-1, 1) if axis == -2 else weight
         images = images.index_select(axis, lower) * (1 - weight) + images.index_select(axis, upper) * weight
     return images
@@ -119,10 +121,11 @@ class BatchTransform:
         out = {field: value.double() for field, value in out.items()}
         for field, (offset, spread) in self.normalisation.items():
             out[field] = (out[field] - offset) / spread
+        out = {field: value.float() for field, value in out.items()}
         planes = [out["behavior"]] if self.behavior_channels else []
         planes += [out["pupil_center"]] if self.eye_channels else []
         if planes:
             images = out["images"]
             extra = torch.cat(planes, dim=1)[:, :, None, None].expand(-1, -1, *images.shape[2:])
             out["images"] = torch.cat([images, extra], dim=1)
-        return {field: value.float().contiguous() for field, value in out.items()}
+        return {field: value.contiguous() for field, value in out.items()}
