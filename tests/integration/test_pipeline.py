@@ -145,11 +145,19 @@ def test_three_worker_processes_train_six_keys_exactly_once(fabrik, dataset_key,
     assert np.array_equal(scores.model_predictions(loaded, loaders["test"][data_key], data_key)[1], expected)
 
 
-def _insert_count(fabrik):
-    return int(fabrik.TrainedModel.connection.query("SHOW SESSION STATUS LIKE 'Com_insert'").fetchone()[1])
+def _count_inserts(connection, monkeypatch) -> list:
+    """From now on, count the INSERT statements sent through ``connection`` (in the returned one-item list)."""
+    count, send = [0], connection.query
+
+    def query(sql, *args, **kwargs):
+        count[0] += sql.lstrip().upper().startswith("INSERT")
+        return send(sql, *args, **kwargs)
+
+    monkeypatch.setattr(connection, "query", query)
+    return count
 
 
-def test_score_tables_equal_direct_scores_with_one_unit_insert(fabrik, dataset_key):
+def test_score_tables_equal_direct_scores_with_one_unit_insert(fabrik, dataset_key, monkeypatch):
     model = fabrik.Model().add_entry(MODEL, TINY_MODEL, skip_duplicates=True)
     key = {**dataset_key, **model, **_trainer(fabrik), "seed": 3}
     fabrik.TrainedModel.populate(key)
@@ -166,10 +174,11 @@ def test_score_tables_equal_direct_scores_with_one_unit_insert(fabrik, dataset_k
     }
     data_key = next(iter(dataloaders["test"]))
     unit_ids = dataloaders["test"][data_key].dataset.neurons.unit_ids
+    inserts = _count_inserts(fabrik.TrainedModel.connection, monkeypatch)
     for table in SCORE_TABLES:
-        before = _insert_count(fabrik)
+        before = inserts[0]
         table.populate(key)
-        assert _insert_count(fabrik) - before == 2, f"{table.__name__}: master row + one batched unit insert"
+        assert inserts[0] - before == 2, f"{table.__name__}: master row + one batched unit insert"
         units = (table.Unit & key).to_pandas().reset_index()
         assert len(units) == len(unit_ids) > 1 and set(units.unit_id) == set(unit_ids)
         if table.__name__ in direct:
