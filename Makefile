@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 PYTEST_ARGS ?=
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: demo test install
+.PHONY: demo test test-postgresql install
 
 install: $(STAMP)
 
@@ -42,3 +42,16 @@ test: $(STAMP)
 	  $(V1FABRIK) db up || exit 1; started=1; \
 	fi; \
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The database tests (-m db) again, on a private PostgreSQL server started in a temporary folder and
+# stopped afterwards. Its settings reach the tests as DJ_* variables, which take precedence over the
+# MariaDB datajoint.json here. PG_PORT picks its port (default 5433).
+test-postgresql: $(STAMP)
+	@home="$$(mktemp -d /tmp/v1fabrik-postgresql-XXXXXX)"; chmod 755 "$$home"; \
+	v1fabrik() { (cd "$$home" && env -u DJ_HOST V1FABRIK_HOME="$$home" DJ_PORT="$${PG_PORT:-5433}" "$(CURDIR)/$(V1FABRIK)" "$$@"); }; \
+	stop() { v1fabrik db down --backend postgresql; rm -rf "$$home"; }; \
+	trap stop EXIT; \
+	v1fabrik db up --backend postgresql || exit 1; \
+	DJ_HOST=127.0.0.1 DJ_PORT="$${PG_PORT:-5433}" DJ_BACKEND=postgresql \
+	DJ_USER="$$(cat "$$home/.secrets/database.user")" DJ_PASS="$$(cat "$$home/.secrets/database.password")" \
+	$(PY) -m pytest -m db $(PYTEST_ARGS)
