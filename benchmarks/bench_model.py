@@ -79,7 +79,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--full-batch", type=int, default=8, help="batch size at 144x256")
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS),
+                        default=[name for name in VARIANTS if "bf16" not in name],
+                        help="bf16 autocast is opt-in here: without native bf16 (AVX512-BF16/AMX) it is emulated")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -91,7 +93,8 @@ def main():
                 f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
         versions=dict(python=platform.python_version(), torch=torch.__version__),
         command="PYTHONPATH=. nice -n 19 .venv/bin/python benchmarks/bench_model.py "
-                f"--threads {args.threads} --repeats {args.repeats} --full-batch {args.full_batch}",
+                f"--threads {args.threads} --repeats {args.repeats} --full-batch {args.full_batch} "
+                f"--variants {' '.join(repr(v) for v in args.variants)}",
         rows=rows,
     )
     with open(args.out, "w") as handle:
