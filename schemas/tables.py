@@ -6,6 +6,7 @@ named lock (``GET_LOCK`` on MySQL/MariaDB, an advisory lock on PostgreSQL).
 """
 import contextlib
 import logging
+import re
 import zlib
 
 import datajoint as dj
@@ -20,10 +21,11 @@ logger = logging.getLogger(__name__)
 
 
 class _JobTableSeedWarning(logging.Filter):
-    """Drop DataJoint 2.3.5's spurious warning about ``seed``: job tables re-declare the ``int32`` key as ``int``."""
+    """Drop DataJoint 2.3.5's spurious warning about ``seed``: job tables re-declare the ``int32`` key as
+    ``int`` (``integer`` on PostgreSQL)."""
 
     def filter(self, record):
-        return "Native type 'int' is used in attribute 'seed'" not in record.getMessage()
+        return not re.match(r"Native type '(int|integer)' is used in attribute 'seed'", record.getMessage())
 
 
 logging.getLogger("datajoint").addFilter(_JobTableSeedWarning())
