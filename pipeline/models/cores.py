@@ -29,10 +29,15 @@ class DepthSeparableConv2d(nn.Sequential):
         if x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last):
             return self.out_depth_conv(self.spatial_conv(self.in_depth_conv(x)))
         # Same float32 math, faster CPU kernels (benchmarks/results/model.md): the 1×1 convs as
-        # batched matrix products, and the depthwise conv, whose weight gradient is ~30× faster in
-        # channels-last layout, in that layout.
-        x = self.spatial_conv(_pointwise(self.in_depth_conv, x).contiguous(memory_format=torch.channels_last))
-        return _pointwise(self.out_depth_conv, x.contiguous())
+        # batched matrix products; when gradients are needed, the depthwise conv in channels-last
+        # layout, where its weight gradient is ~30× faster (the layout copies cost more than they
+        # save without gradients).
+        x = _pointwise(self.in_depth_conv, x)
+        if torch.is_grad_enabled():
+            x = self.spatial_conv(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        else:
+            x = self.spatial_conv(x)
+        return _pointwise(self.out_depth_conv, x)
 
 
 def _pointwise(conv, x):
