@@ -13,6 +13,8 @@ import threading
 
 import datajoint as dj
 
+from .upsert import replace1
+
 logger = logging.getLogger(__name__)
 
 INTERVAL_ENV = "V1FABRIK_HEARTBEAT_S"
@@ -82,7 +84,7 @@ class Heartbeat:
         self.beats = 0
 
     def start(self) -> "Heartbeat":
-        LiveWorker.insert1({**own_id(), "device": self._device}, replace=True)
+        replace1(LiveWorker, {**own_id(), "device": self._device})
         self._thread.start()
         logger.info("worker %s:%d registered; heartbeat every %g s, grace %g s",
                     *own_id().values(), self.interval_s, self.grace_s)

@@ -22,6 +22,7 @@ import torch
 from .connection import DatabaseUnavailable
 from .hashing import config_hash
 from .heartbeat import LiveWorker, own_id
+from .upsert import replace1
 
 logger = logging.getLogger(__name__)
 
@@ -161,8 +162,7 @@ def retry_transient(table, key, error: BaseException) -> bool:
     if attempts > retry_budget():
         logger.error("%s job %s failed transiently %d times; left as error", table.__name__, key, attempts - 1)
         return False
-    TransientFailure.insert1({**ident, "attempts": attempts, "last_error": f"{type(error).__name__}: {error}"[:2047]},
-                             replace=True)
+    replace1(TransientFailure, {**ident, "attempts": attempts, "last_error": f"{type(error).__name__}: {error}"[:2047]})
     hand_back(table, key)
     logger.warning("retry %d of %d after %s", attempts, retry_budget(), type(error).__name__)
     return True
@@ -171,7 +171,7 @@ def retry_transient(table, key, error: BaseException) -> bool:
 def write_checkpoint(table, row) -> bool:
     """Replace the key's checkpoint row (one atomic statement); on a lost database, warn and go on training."""
     try:
-        table.insert1(row, replace=True)
+        replace1(table, row)
         return True
     except Exception as error:
         if not is_connection_error(error):
