@@ -92,7 +92,7 @@ def main():
         machine=f"{platform.processor() or platform.machine()}, {args.threads} threads, "
                 f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
         versions=dict(python=platform.python_version(), torch=torch.__version__),
-        command="PYTHONPATH=. nice -n 19 .venv/bin/python benchmarks/bench_model.py "
+        command="PYTHONPATH=. .venv/bin/python benchmarks/bench_model.py "
                 f"--threads {args.threads} --repeats {args.repeats} --full-batch {args.full_batch} "
                 f"--variants {' '.join(repr(v) for v in args.variants)}",
         rows=rows,
