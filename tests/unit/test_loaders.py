@@ -119,3 +119,25 @@ def test_memmap_store_gives_the_same_batches(tiny, tmp_path, monkeypatch):
     for loader in (first, again):
         for a, b in zip(plain, loader):
             assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("config", [dict(), dict(normalize=False), dict(inputs_mean=90.0, inputs_std=40.0),
+                                    dict(scale=0.5, include_behavior=True)])
+def test_uint8_lookup_gives_the_float64_result_bit_for_bit(tiny, config):
+    dataset = static_loaders([str(tiny)], batch_size=8, **config)["train"]["90004-1-1"].dataset
+    raw = {key: value[:8] for key, value in dataset.store.items()}
+    assert raw["images"].dtype == np.uint8 and dataset.transform.uint8_images is not None
+    looked_up = dataset.transform(raw)
+    dataset.transform.uint8_images = None  # as for per-pixel statistics: float64 arithmetic
+    computed = dataset.transform(raw)
+    assert looked_up.keys() == computed.keys() and all(torch.equal(looked_up[k], computed[k]) for k in computed)
+
+
+def test_per_pixel_image_statistics_are_not_looked_up(tiny):
+    mean = np.full((1, 36, 64), 90.0)
+    mean[..., 0] = 10.0
+    loader = static_loaders([str(tiny)], batch_size=8, inputs_mean=mean, inputs_std=40.0)["test"]["90004-1-1"]
+    assert loader.dataset.transform.uint8_images is None
+    images = next(iter(loader)).images.double()
+    raw = loader.dataset.store["images"][loader.sampler.indices[:8]].astype(np.float64)
+    np.testing.assert_allclose(images.numpy(), (raw - mean) / 40.0, rtol=1e-6)
