@@ -16,9 +16,12 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.db)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def db_prefix():
-    """Bind the v1fabrik tables under a fresh schema prefix; drop every schema with it afterwards."""
+    """Bind the v1fabrik tables under a fresh schema prefix per test module; drop its schemas afterwards.
+
+    One prefix per module keeps the modules independent of each other's rows and of their order.
+    """
     import schemas
 
     prefix = f"test_{os.getpid()}_{secrets.token_hex(3)}_"
