@@ -54,7 +54,8 @@ def correlation_distributions(correlations: Mapping, bins: int = 30) -> Figure:
         ax.hist(v, bins=edges, histtype="step", linewidth=1.5, label=f"{name} (mean {v.mean():.3f}, n={len(v)})")
     ax.set_xlabel("per-neuron test correlation")
     ax.set_ylabel("neurons")
-    ax.legend(frameon=False)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # headroom for the legend
+    ax.legend(frameon=False, loc="upper right")
     return fig
 
 
