@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from pipeline.datasets import static_loaders
-from pipeline.datasets.synthetic import PRESETS, generate, load_ground_truth
+from pipeline.datasets.synthetic import PRESETS, generate
 from pipeline.models import stacked_core_full_gauss_readout
 from pipeline.training import standard_trainer
-from pipeline.utility import scores
+from pipeline.utility.ground_truth import truth_scores
 from pipeline.utility.seeding import set_random_seed
 from tests.reference import np_ref
 from tests.unit.models_reference import SEED_CONFIG, reference_model
@@ -42,32 +42,6 @@ def dataset(preset, data_dir, seed):
     if existing:
         return existing[0]
     return generate(folder, **PRESETS[preset], seed=seed)
-
-
-def truth_scores(model, dataloaders, dataset_path, device):
-    """Test single-trial correlation, correlation to average and RF-position r of the model and of the truth."""
-    truth = load_ground_truth(dataset_path)
-    (data_key, loader), = dataloaders["test"].items()
-    responses, predictions = scores.model_predictions(model, loader, data_key, device)
-    rates = truth["rates"][np.asarray(loader.sampler.indices)]
-    ids = scores.image_ids(loader)
-
-    def signal(a, b):
-        ma, mb = scores.split_by_image(ids, a, b)
-        return scores.corr(np.stack([x.mean(0) for x in ma]), np.stack([x.mean(0) for x in mb]), axis=0)
-
-    model.eval()
-    with torch.no_grad():
-        mu = model.readout[data_key].mu.detach().cpu().numpy()[0, :, 0, :]
-    centers = truth["rf_centers"]
-    return {
-        "model_single_trial": float(np.nanmean(scores.corr(responses, predictions, axis=0))),
-        "truth_single_trial": float(np.nanmean(scores.corr(responses, rates, axis=0))),
-        "model_to_average": float(np.nanmean(signal(responses, predictions))),
-        "truth_to_average": float(np.nanmean(signal(responses, rates))),
-        "rf_r_x": float(np.corrcoef(mu[:, 0], centers[:, 0])[0, 1]),
-        "rf_r_y": float(np.corrcoef(mu[:, 1], centers[:, 1])[0, 1]),
-    }
 
 
 def reference_trainer(model, dataloaders, seed, device, max_iter, lr_init, lr_decay_steps, patience, tolerance):
@@ -118,14 +92,30 @@ def reference_trainer(model, dataloaders, seed, device, max_iter, lr_init, lr_de
     return validation_correlation(model), epochs
 
 
-def run(which, args, path, device):
+def run(which, args, path, device, report):
+    """Train one model; ``report(progress)`` is called after every epoch of ours with the trajectory so far."""
     dataloaders = static_loaders([str(path)], batch_size=args.batch_size, include_eye_position=True, scale=args.scale)
     build = stacked_core_full_gauss_readout if which == "ours" else reference_model
     model = build(dataloaders, args.seed, **SEED_CONFIG)
     started = time.perf_counter()
     if which == "ours":
+        trajectory = []
+
+        def progress(epoch, model, state, **_):
+            if epoch is None:
+                return None
+            point = {"epoch": epoch, "seconds": time.perf_counter() - started,
+                     "validation_corr": state["history"]["validation_corr"][-1], "lr": state["history"]["lr"][-1]}
+            if args.truth_every and epoch % args.truth_every == 0:
+                point.update(truth_scores(model, dataloaders, path, device))
+            trajectory.append(point)
+            logger.info("%s", point)
+            report({"trainer": which, "trajectory": trajectory})
+            return None
+
         score, output, _ = standard_trainer(
-            model, dataloaders, args.seed, device=device, max_iter=args.max_iter, verbose=False, **TRAINER_CONFIG
+            model, dataloaders, args.seed, device=device, max_iter=args.max_iter, verbose=False, cb=progress,
+            **TRAINER_CONFIG,
         )
         epochs = len(output["history"]["epoch"])
     else:
@@ -133,8 +123,8 @@ def run(which, args, path, device):
     seconds = time.perf_counter() - started
     result = {"trainer": which, "validation_corr": score, "epochs": epochs, "seconds": seconds}
     if which == "ours":
-        result.update(truth_scores(model, dataloaders, path, device))
-    logger.info("%s", result)
+        result.update(truth_scores(model, dataloaders, path, device), trajectory=trajectory)
+    logger.info("%s", {k: v for k, v in result.items() if k != "trajectory"})
     return result
 
 
@@ -148,6 +138,7 @@ def main():
     parser.add_argument("--max-iter", type=int, default=200)
     parser.add_argument("--reference", action="store_true", help="also train with the reference trainer logic")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--truth-every", type=int, default=1, help="test-tier truth scores every N epochs (0: at the end)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -162,8 +153,11 @@ def main():
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "runs": [],
     }
+    def report(partial):  # the unfinished run's trajectory, so that a stopped benchmark still leaves numbers
+        args.out.write_text(json.dumps(record | {"runs": record["runs"] + [partial]}, indent=1))
+
     for which in ["ours"] + ["reference"] * args.reference:
-        record["runs"].append(run(which, args, path, device))
+        record["runs"].append(run(which, args, path, device, report))
         args.out.write_text(json.dumps(record, indent=1))
     print(json.dumps(record, indent=1))
 

@@ -40,6 +40,9 @@ PRESETS = {
                     image_size=(144, 256)),
     "realistic": dict(n_neurons=5000, n_train=5000, n_validation=500, n_test_images=100, n_repeats=10,
                       image_size=(144, 256)),
+    # small and strong enough for a CPU model to learn in seconds (the "it learns the truth" test)
+    "learnable": dict(n_neurons=200, n_train=1000, n_validation=100, n_test_images=10, n_repeats=5,
+                      image_size=(18, 32), spike_scale=5.0, overdispersion=20.0),
 }
 
 _FIELD_SIZE_UM = 800.0
@@ -75,7 +78,8 @@ def to_core_grid(centers: np.ndarray, image_size, crop: int) -> np.ndarray:
 
 
 def generate(path, *, n_neurons, n_train, n_validation, n_test_images, n_repeats, image_size=(144, 256),
-             seed=0, animal_id=None, session=1, scan_idx=1, overdispersion=3.0, overwrite=False) -> Path:
+             seed=0, animal_id=None, session=1, scan_idx=1, overdispersion=3.0, spike_scale=1.0,
+             overwrite=False) -> Path:
     """Write a synthetic static dataset into folder ``path`` and its ground truth beside it.
 
     Args:
@@ -84,6 +88,7 @@ def generate(path, *, n_neurons, n_train, n_validation, n_test_images, n_repeats
         image_size: (height, width) of the stored images.
         animal_id: defaults to ``90000 + seed % 10000``, so different seeds give different data keys.
         overdispersion: the Gamma shape k of the trial-to-trial gain noise (larger is closer to Poisson).
+        spike_scale: multiplies every neuron's gain, hence its expected spike count (larger: less noise).
         overwrite: replace an existing dataset of the same name.
 
     Returns:
@@ -92,6 +97,8 @@ def generate(path, *, n_neurons, n_train, n_validation, n_test_images, n_repeats
     height, width = image_size
     if min(n_neurons, n_train, n_validation, n_test_images, n_repeats, height, width) < 1:
         raise ValueError("generate: neuron, trial, image and size counts must all be positive")
+    if not (overdispersion > 0 and spike_scale > 0):
+        raise ValueError(f"generate: overdispersion ({overdispersion}) and spike_scale ({spike_scale}) must be positive")
     animal_id = 90000 + seed % 10000 if animal_id is None else animal_id
     out = Path(path) / f"static{animal_id}-{session}-{scan_idx}-Synthetic-s{seed}"
     if out.exists() and not overwrite:
@@ -99,6 +106,7 @@ def generate(path, *, n_neurons, n_train, n_validation, n_test_images, n_repeats
     rng = np.random.default_rng(seed)
 
     neurons = _neurons(rng, n_neurons)
+    neurons["gain"] *= spike_scale
     n_images = n_train + n_validation + n_test_images
     images = _images(rng, n_images, height, width)
     image_of_trial = np.concatenate([np.arange(n_train + n_validation),

@@ -111,3 +111,19 @@ def test_to_core_grid_maps_the_cropped_edges_to_plus_minus_one():
 def test_missing_ground_truth(tmp_path):
     with pytest.raises(FileNotFoundError, match="no ground truth"):
         load_ground_truth(tmp_path / "static1-1-1-x")
+
+
+@pytest.mark.parametrize("option", ["spike_scale", "overdispersion"])
+def test_noise_options_must_be_positive(tmp_path, option):
+    with pytest.raises(ValueError, match=option):
+        generate(tmp_path, seed=1, **{**PRESETS["tiny"], option: 0})
+
+
+def test_spike_scale_multiplies_expected_counts(tmp_path):
+    def rates_by_trial(path):  # the file order is drawn after the spikes, so it differs between the two
+        order = np.argsort(np.load(path / "meta/trials/trial_idx.npy"))
+        return load_ground_truth(path)["rates"][order]
+
+    base = rates_by_trial(generate(tmp_path / "a", seed=1, **PRESETS["tiny"]))
+    strong = rates_by_trial(generate(tmp_path / "b", seed=1, spike_scale=4.0, **PRESETS["tiny"]))
+    np.testing.assert_allclose(strong, 4 * base, rtol=1e-6)

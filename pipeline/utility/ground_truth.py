@@ -1,0 +1,68 @@
+"""How well a trained model recovered the ground truth of a synthetic dataset (``pipeline.datasets.synthetic``).
+
+Used by the training benchmark, ``make demo`` and the "it learns the truth" test.
+"""
+import numpy as np
+import torch
+
+from ..datasets.synthetic import load_ground_truth, to_core_grid
+from . import scores
+
+
+def learned_rf_positions(model, data_key) -> np.ndarray:
+    """The readout's mean positions (N, 2) as (x=width, y=height) in the core output's grid, in eval mode."""
+    with torch.no_grad(), scores.eval_mode(model):
+        return model.readout[data_key].mu.detach().cpu().numpy().reshape(-1, 2)
+
+
+def true_rf_positions(model, loader, dataset_path) -> np.ndarray:
+    """The true RF centres (N, 2) of the loader's neurons, in the grid of ``model``'s core output.
+
+    The crop is measured: the core's output size against the loader's image size (align_corners=True
+    coordinates on both, as the readout's ``grid_sample``).
+    """
+    truth = load_ground_truth(dataset_path)
+    image_shape = tuple(next(iter(loader)).images.shape[-2:])
+    parameter = next(model.core.parameters())
+    with torch.no_grad(), scores.eval_mode(model.core):
+        core_shape = tuple(model.core(torch.zeros(1, 1, *image_shape, dtype=parameter.dtype,
+                                                  device=parameter.device)).shape[-2:])
+    crops = {(a - b) / 2 for a, b in zip(image_shape, core_shape)}
+    if len(crops) != 1:
+        raise ValueError(f"the core crops {image_shape} to {core_shape} unevenly; cannot map RF centres onto it")
+    centers = truth["rf_centers"][_neuron_rows(loader)]
+    return to_core_grid(centers, image_shape, crops.pop())
+
+
+def truth_scores(model, dataloaders, dataset_path, device="cpu") -> dict:
+    """Test-tier scores of the model next to those of the noiseless ground-truth rates, and RF recovery.
+
+    Returns a dict of floats: ``model_single_trial``/``truth_single_trial`` (mean per-neuron correlation
+    with the single-trial responses), ``model_to_average``/``truth_to_average`` (with the mean over
+    repeats), ``rf_r_x``/``rf_r_y`` (Pearson r of learned and true RF positions per axis) and
+    ``rf_median_error`` (median distance between them, in core-output grid units, [-1, 1] per axis).
+    """
+    if len(dataloaders["test"]) != 1:
+        raise ValueError(f"truth_scores needs exactly one test data key, got {sorted(dataloaders['test'])}")
+    (data_key, loader), = dataloaders["test"].items()
+    truth = load_ground_truth(dataset_path)
+    responses, predictions = scores.model_predictions(model, loader, data_key, device)
+    rates = truth["rates"][np.asarray(loader.sampler.indices)][:, _neuron_rows(loader)]
+    groups = scores.split_by_image(scores.image_ids(loader), responses, predictions, rates)
+    means = [np.stack([trials.mean(0) for trials in group]) for group in groups]
+    learned = learned_rf_positions(model, data_key)
+    true = true_rf_positions(model, loader, dataset_path)
+    return {
+        "model_single_trial": float(np.nanmean(scores.corr(responses, predictions, axis=0))),
+        "truth_single_trial": float(np.nanmean(scores.corr(responses, rates, axis=0))),
+        "model_to_average": float(np.nanmean(scores.corr(means[0], means[1], axis=0))),
+        "truth_to_average": float(np.nanmean(scores.corr(means[0], means[2], axis=0))),
+        "rf_r_x": float(np.corrcoef(learned[:, 0], true[:, 0])[0, 1]),
+        "rf_r_y": float(np.corrcoef(learned[:, 1], true[:, 1])[0, 1]),
+        "rf_median_error": float(np.median(np.hypot(*(learned - true).T))),
+    }
+
+
+def _neuron_rows(loader) -> np.ndarray:
+    """Row of each of the loader's neurons in the ground truth (unit ids are 1..N in file order)."""
+    return np.asarray(loader.dataset.neurons.unit_ids) - 1
