@@ -68,6 +68,7 @@ def test_notebooks_are_stored_without_outputs(name):
     assert code and all(c.outputs == [] and c.execution_count is None for c in code)
 
 
+@pytest.mark.slow
 def test_baseline_cnn_notebook_shows_the_seed_notebook_shapes(notebook_env):
     _, figures = notebook_env
     notebook = execute("01_baseline_cnn.ipynb")
@@ -84,6 +85,7 @@ def test_baseline_cnn_notebook_shows_the_seed_notebook_shapes(notebook_env):
     assert_pngs(figures, ["01_readout_positions.png"])
 
 
+@pytest.mark.slow
 def test_experiment_notebook_trains_and_query_notebook_plots_its_results(db_prefix, notebook_env):
     env, figures = notebook_env
     env.setenv("V1FABRIK_SCHEMA_PREFIX", db_prefix)
