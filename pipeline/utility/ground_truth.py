@@ -10,9 +10,19 @@ from . import scores
 
 
 def learned_rf_positions(model, data_key) -> np.ndarray:
-    """The readout's mean positions (N, 2) as (x=width, y=height) in the core output's grid, in eval mode."""
+    """Where the readout looks at the mean eye position: (N, 2) as (x=width, y=height) in the core output's grid.
+
+    That is the readout's eval-mode mean position plus the shifter's shift for a normalised pupil
+    centre of 0 (the mean): a shifter can absorb any constant offset of the positions, and the true
+    RF centres are given at the mean eye position too.
+    """
     with torch.no_grad(), scores.eval_mode(model):
-        return model.readout[data_key].mu.detach().cpu().numpy().reshape(-1, 2)
+        readout = model.readout[data_key]
+        positions = readout.mu.clamp(-1, 1).reshape(-1, 2)
+        if getattr(model, "shifter", None) is not None:
+            first = model.shifter[data_key].mlp[0]
+            positions = positions + model.shifter[data_key](first.weight.new_zeros(1, first.in_features))
+        return positions.cpu().numpy()
 
 
 def true_rf_positions(model, loader, dataset_path) -> np.ndarray:

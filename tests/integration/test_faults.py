@@ -3,6 +3,7 @@
 Workers are real ``v1fabrik worker`` processes with a fast heartbeat (0.5 s, grace 2 s); jobs use
 ``slow_trainer`` (a tiny model, a fraction of a second per epoch) so a test can strike mid-epoch.
 """
+import json
 import os
 import random
 import shutil
@@ -17,9 +18,11 @@ import pytest
 
 from pipeline import builder
 from pipeline.datasets import synthetic
+from schemas import dbserver
 from schemas.status import report
 from tests.integration import fault_functions
 from tests.integration.test_pipeline import DATASET, MODEL, TINY_MODEL
+from tests.servers import client_env, free_port
 
 HELPERS = "tests.integration"
 SLOW = f"{fault_functions.__name__}.slow_trainer"
@@ -38,11 +41,19 @@ def fabrik(db_prefix):
 
 
 @pytest.fixture(scope="module")
-def tiny(fabrik, tmp_path_factory):
-    """``(folder, Dataset key)`` of a tiny synthetic dataset."""
-    path = Path(synthetic.generate(tmp_path_factory.mktemp("data"), **synthetic.PRESETS["tiny"]))
-    config = {"paths": [str(path)], "batch_size": 32, "include_eye_position": True}
-    return path, fabrik.Dataset().add_entry(DATASET, config, skip_duplicates=True)
+def tiny_path(tmp_path_factory):
+    """Folder of a tiny synthetic dataset."""
+    return Path(synthetic.generate(tmp_path_factory.mktemp("data"), **synthetic.PRESETS["tiny"]))
+
+
+def tiny_config(path):
+    return {"paths": [str(path)], "batch_size": 32, "include_eye_position": True}
+
+
+@pytest.fixture(scope="module")
+def tiny(fabrik, tiny_path):
+    """``(folder, Dataset key)`` of the tiny synthetic dataset."""
+    return tiny_path, fabrik.Dataset().add_entry(DATASET, tiny_config(tiny_path), skip_duplicates=True)
 
 
 def _experiment(fabrik, tiny, name, models, epochs, epoch_s, seeds=(1,)):
@@ -54,12 +65,12 @@ def _experiment(fabrik, tiny, name, models, epochs, epoch_s, seeds=(1,)):
     return fabrik.Experiment.combinations(name)
 
 
-def _worker(db_prefix, experiment, log_dir):
-    env = {**os.environ, **TIMING, "V1FABRIK_SCHEMA_PREFIX": db_prefix, "OMP_NUM_THREADS": "1",
+def _worker(db_prefix, experiment, log_dir, env=None, cwd=None):
+    env = {**(env or os.environ), **TIMING, "V1FABRIK_SCHEMA_PREFIX": db_prefix, "OMP_NUM_THREADS": "1",
            fault_functions.START_LOG_ENV: str(log_dir / "starts.log"),
            "V1FABRIK_TEST_TRAINING_LOG": str(log_dir / "finished.log")}
     command = [sys.executable, "-m", "schemas.cli", "worker", "--device", "cpu", "--experiment", experiment]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _wait_for(condition, timeout_s=90, what="condition"):
@@ -133,6 +144,62 @@ def test_four_workers_two_killed_complete_twelve_keys_exactly_once(fabrik, tiny,
     survivors = [key for key, pid in finished if pid not in killed]
     assert len(survivors) == len(set(survivors))  # no key trained to the end twice by the live workers
     assert {key for key, _ in finished} == {f"{k['model_hash']}-{k['seed']}" for k in combos.to_dicts()}
+
+
+# Run in the working folder of a private server (its datajoint.json and .secrets/): register one job.
+REGISTER = """
+import json, sys, schemas
+schemas.activate()
+recipes = json.loads(sys.argv[1])
+keys = [getattr(schemas, kind)().add_entry(fn, config) for kind, (fn, config) in recipes.items()]
+schemas.Seed.insert1({"seed": 1})
+schemas.Experiment().add("restart", *([key] for key in keys), [1])
+"""
+COUNT = """
+import json, schemas
+schemas.activate()
+combos = schemas.Experiment.combinations("restart")
+print(json.dumps({"results": len(schemas.TrainedModel & combos), "weights": len(schemas.TrainedModel.Weights & combos),
+                  "checkpoints": len(schemas.Checkpoint & combos), "jobs": len(schemas.TrainedModel.jobs & combos.keys())}))
+"""
+
+
+@pytest.fixture
+def private_server(tmp_path):
+    """``(server, working folder, client environment)`` of a MariaDB server of this test's own."""
+    srv = dbserver.server("mariadb", home=tmp_path / "home", port=free_port())
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    dbserver.up(srv, workdir)
+    yield srv, workdir, client_env(**{builder.ALLOWED_MODULES_ENV: HELPERS})
+    dbserver.down(srv)
+
+
+@pytest.mark.db
+def test_database_restart_during_training_loses_nothing(private_server, tiny_path, tmp_path):
+    srv, workdir, env = private_server
+    prefix = "restart_"
+
+    def python(code, *args):
+        done = subprocess.run([sys.executable, "-c", code, *args], cwd=workdir, env={**env, "V1FABRIK_SCHEMA_PREFIX": prefix},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    python(REGISTER, json.dumps({"Dataset": [DATASET, tiny_config(tiny_path)], "Model": [MODEL, TINY_MODEL],
+                                 "Trainer": [SLOW, {"epochs": 3, "epoch_s": 1.0}]}))
+    worker = _worker(prefix, "restart", tmp_path, env=env, cwd=workdir)
+    _wait_for(lambda: _lines(tmp_path / "starts.log"), what="training to start")
+    dbserver.down(srv)
+    time.sleep(1.5)  # three missed heartbeats
+    dbserver.up(srv, workdir)
+    output = worker.communicate(timeout=120)[0]
+
+    assert worker.returncode == 0, output
+    # the worker saw the outage: its heartbeat, and any checkpoint due then, failed and it went on
+    assert "heartbeat failed (OperationalError" in output, output
+    assert len(_lines(tmp_path / "starts.log")) == 1  # it trained on through the outage, no restart
+    assert json.loads(python(COUNT).splitlines()[-1]) == {"results": 1, "weights": 1, "checkpoints": 0, "jobs": 0}
 
 
 def test_hostile_rows_are_refused_and_run_nothing(fabrik, tiny, tmp_path):
