@@ -12,7 +12,7 @@ HERE = __name__
 
 
 def toy_data(seed=None, n=4):
-    return {"train": {"k": list(range(n))}, "seed": seed}
+    return {"train": {"k": list(range(n))}, "seed_used": {"k": seed}}
 
 
 def toy_model(dataloaders, seed=None, width=3):
@@ -66,8 +66,8 @@ def test_bad_names_give_clear_errors(name, error, message):
 
 def test_get_all_parts_passes_seed_and_loads_state(allow_here):
     data, model = builder.get_all_parts(f"{HERE}.toy_data", {"n": 5}, f"{HERE}.toy_model", {"width": 2}, seed=7)
-    assert data["seed"] == 7 and model.weight.shape == (2, 5)
-    assert builder.get_data(f"{HERE}.toy_data", {"seed": 1})["seed"] == 1
+    assert data["seed_used"]["k"] == 7 and model.weight.shape == (2, 5)
+    assert builder.get_data(f"{HERE}.toy_data", {"seed": 1})["seed_used"]["k"] == 1
 
     state = {k: v.numpy() + 1 for k, v in model.state_dict().items()}
     _, loaded, trainer = builder.get_all_parts(
