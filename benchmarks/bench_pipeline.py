@@ -197,7 +197,8 @@ def main():
     parser.add_argument("--sleep-s", type=float, default=4.0, help="pause per sleep job")
     parser.add_argument("--cpu-epochs", type=int, default=25, help="epochs per cpu job")
     parser.add_argument("--jobs", type=int, nargs=2, default=[4, 4], metavar=("MODELS", "SEEDS"),
-                        help="jobs per scale-out experiment = MODELS x SEEDS")
+                        help="jobs per scale-out experiment = MODELS x SEEDS (cpu: MODELS x SEEDS/2)")
+    parser.add_argument("--kinds", nargs="+", choices=["sleep", "cpu"], default=["sleep", "cpu"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     home = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -229,9 +230,13 @@ def main():
         }
         logger.info("%s", record)
         models, seeds = args.jobs
-        record["scaleout"] = (
-            scaleout(schemas, dataset_key, home, "sleep", [1, 2, 4], models, seeds, {"epochs": 1, "epoch_s": args.sleep_s})
-            + scaleout(schemas, dataset_key, home, "cpu", [1, 2], models, seeds // 2, {"epochs": args.cpu_epochs}))
+        record["scaleout"] = []
+        if "sleep" in args.kinds:
+            record["scaleout"] += scaleout(schemas, dataset_key, home, "sleep", [1, 2, 4], models, seeds,
+                                           {"epochs": 1, "epoch_s": args.sleep_s})
+        if "cpu" in args.kinds:
+            record["scaleout"] += scaleout(schemas, dataset_key, home, "cpu", [1, 2], models, seeds // 2,
+                                           {"epochs": args.cpu_epochs})
         Path(args.out).write_text(json.dumps(record, indent=1))
     finally:
         from schemas import dbserver
