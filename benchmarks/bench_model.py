@@ -82,11 +82,13 @@ def main():
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS),
                         default=[name for name in VARIANTS if "bf16" not in name],
                         help="bf16 autocast is opt-in here: without native bf16 (AVX512-BF16/AMX) it is emulated")
+    parser.add_argument("--resolutions", nargs="+", choices=["36x64", "144x256"], default=["36x64", "144x256"])
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    rows = run([((36, 64), 128), ((144, 256), args.full_batch)], args.variants, args.repeats)
+    settings = {"36x64": ((36, 64), 128), "144x256": ((144, 256), args.full_batch)}
+    rows = run([settings[name] for name in args.resolutions], args.variants, args.repeats)
     record = dict(
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         machine=f"{platform.processor() or platform.machine()}, {args.threads} threads, "
@@ -94,6 +96,7 @@ def main():
         versions=dict(python=platform.python_version(), torch=torch.__version__),
         command="PYTHONPATH=. .venv/bin/python benchmarks/bench_model.py "
                 f"--threads {args.threads} --repeats {args.repeats} --full-batch {args.full_batch} "
+                f"--resolutions {' '.join(args.resolutions)} "
                 f"--variants {' '.join(repr(v) for v in args.variants)}",
         rows=rows,
     )
