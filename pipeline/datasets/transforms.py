@@ -2,7 +2,7 @@
 
 The reference (spec §1.3.3) runs ``NeuroNormalizer`` → ``AddBehaviorAsChannels`` →
 ``AddPupilCenterAsChannels`` → ``ScaleInputs`` → ``Subsample`` → ``ToTensor`` per item. We compute
-the same in float64 torch ops, cast to float32 at the end, in a cheaper order: rescale before
+the same in float64 numpy, cast to float32 at the end, in a cheaper order: rescale before
 normalising (the rescale is linear with rows summing to one, so it commutes with ``(x - m) / s``),
 select neurons before normalising them, and append the constant behaviour / eye planes after
 rescaling (rescaling leaves constant planes unchanged). The results differ from the reference only
