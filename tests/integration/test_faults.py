@@ -118,12 +118,14 @@ def test_sigterm_returns_the_job_to_pending_and_another_worker_finishes_it(fabri
     assert first.returncode == 0, output
     assert time.monotonic() - signalled < 2 + 2  # the rest of one epoch, then out
     assert len(fabrik.TrainedModel.jobs.pending & combos.keys()) == 1 and not fabrik.TrainedModel.jobs.errors & combos.keys()
-    assert (fabrik.Checkpoint & combos).fetch1("epoch") == 2  # the epoch it was in finished and was saved
+    # It stopped at a checkpoint: epoch 2's, or epoch 1's when the signal came while that one was being written.
+    saved = (fabrik.Checkpoint & combos).fetch1("epoch")
+    assert saved in (1, 2)
 
     second = _worker(db_prefix, "sigterm", tmp_path)
     assert second.wait(timeout=120) == 0
     assert len(fabrik.TrainedModel & combos) == 1 and not fabrik.Checkpoint & combos
-    assert [line.split()[2] for line in _lines(tmp_path / "starts.log")] == ["1", "3"]
+    assert [line.split()[2] for line in _lines(tmp_path / "starts.log")] == ["1", str(saved + 1)]
 
 
 def test_four_workers_two_killed_complete_twelve_keys_exactly_once(fabrik, tiny, db_prefix, tmp_path):
