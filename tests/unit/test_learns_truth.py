@@ -6,14 +6,15 @@ rates and learned RF positions at r >= 0.9 per axis. Here, in seconds on a CPU: 
 (200 neurons, 18x32 images, a strong signal) and the same model function with a smaller core
 (16 channels, 3 layers, 5x5 kernels), trained for 8 epochs, against proportionally looser bounds.
 """
+import numpy as np
 import pytest
 import torch
 
 from pipeline.datasets import static_loaders
-from pipeline.datasets.synthetic import PRESETS, generate
+from pipeline.datasets.synthetic import PRESETS, generate, load_ground_truth, to_core_grid
 from pipeline.models import stacked_core_full_gauss_readout
 from pipeline.training import standard_trainer
-from pipeline.utility.ground_truth import truth_scores
+from pipeline.utility.ground_truth import learned_rf_positions, true_rf_positions, truth_scores
 
 SMALL_SEED_MODEL = dict(
     input_kern=5, hidden_kern=5, hidden_channels=16, layers=3, depth_separable=True, stack=-1,
@@ -50,3 +51,13 @@ def test_test_correlations_approach_the_ground_truth(trained):
 def test_learned_rf_positions_match_the_true_centres(trained):
     assert trained["rf_r_x"] >= 0.9 and trained["rf_r_y"] >= 0.9, trained
     assert trained["rf_median_error"] < 0.25, trained  # same frame: x = width, y = height, cropped core grid
+
+
+def test_true_positions_follow_the_core_crop(tmp_path):
+    path = generate(tmp_path, seed=1, **PRESETS["tiny"])
+    dataloaders = static_loaders([str(path)], batch_size=8, include_eye_position=True)
+    model = stacked_core_full_gauss_readout(dataloaders, 0, **{**SMALL_SEED_MODEL, "input_kern": 7, "layers": 1})
+    (data_key, loader), = dataloaders["test"].items()
+    expected = to_core_grid(load_ground_truth(path)["rf_centers"], (36, 64), crop=3)
+    np.testing.assert_allclose(true_rf_positions(model, loader, path), expected)
+    assert learned_rf_positions(model, data_key).shape == expected.shape
