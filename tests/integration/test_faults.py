@@ -116,7 +116,8 @@ def test_sigterm_returns_the_job_to_pending_and_another_worker_finishes_it(fabri
     signalled = time.monotonic()
     output = first.communicate(timeout=30)[0]
     assert first.returncode == 0, output
-    assert time.monotonic() - signalled < 2 + 2  # the rest of one epoch, then out
+    # Bounded: the rest of one 1 s epoch plus shutdown, far inside the 60 s forced-stop deadline (slack for a loaded CI).
+    assert time.monotonic() - signalled < 20
     assert len(fabrik.TrainedModel.jobs.pending & combos.keys()) == 1 and not fabrik.TrainedModel.jobs.errors & combos.keys()
     # It stopped at a checkpoint: epoch 2's, or epoch 1's when the signal came while that one was being written.
     saved = (fabrik.Checkpoint & combos).fetch1("epoch")
