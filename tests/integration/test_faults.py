@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from tests.servers import client_env, free_port
 
 HELPERS = "tests.integration"
 SLOW = f"{fault_functions.__name__}.slow_trainer"
-TIMING = {"V1FABRIK_HEARTBEAT_S": "0.5", "V1FABRIK_GRACE_S": "2"}
+TIMING = {"V1FABRIK_HEARTBEAT_S": "0.5", "V1FABRIK_GRACE_S": "4"}  # grace leaves slack for a loaded CI machine
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +138,9 @@ def test_four_workers_two_killed_complete_twelve_keys_exactly_once(fabrik, tiny,
     for victim in rng.sample(workers, 2):
         time.sleep(rng.uniform(0.2, 2.0))
         victim.kill()
-    codes = [w.wait(timeout=240) for w in workers]
-    assert sorted(codes) == [-signal.SIGKILL, -signal.SIGKILL, 0, 0]
+    with ThreadPoolExecutor(len(workers)) as pool:  # drain every pipe at once so no worker blocks on output
+        outputs = list(pool.map(lambda w: w.communicate(timeout=240)[0], workers))
+    assert sorted(w.returncode for w in workers) == [-signal.SIGKILL, -signal.SIGKILL, 0, 0], "\n---\n".join(outputs)
 
     assert len(fabrik.TrainedModel & combos) == 12 and len(fabrik.TrainedModel.Weights & combos) == 12
     assert not fabrik.Checkpoint & combos and not fabrik.TrainedModel.jobs & combos.keys()
