@@ -38,6 +38,7 @@ def test_db_is_configured_like_the_datajoint_image():
     assert int(flags["innodb-lock-wait-timeout"]) >= 600 and int(flags["lock-wait-timeout"]) >= 600
     assert "STRICT_ALL_TABLES" in flags["sql-mode"].split(",")
     assert flags["collation-server"] == "utf8mb4_bin"  # DataJoint 2 assumes case-sensitive keys
+    assert int(flags["max-connections"]) >= 2 * 100  # two connections per worker, room for 100 GPU workers
 
 
 def test_db_data_lives_in_a_named_volume_with_a_healthcheck():
