@@ -65,14 +65,22 @@ def _stored(value):
 
 
 class _ScoreTable:
-    """Shared make of the score tables; subclasses define ``measure`` and ``compute``."""
+    """Shared make of the score tables.
+
+    Subclasses set ``measure`` (the column name) and ``score_fn`` (a model-level function of
+    :mod:`pipeline.utility.scores`), or override ``compute``.
+    """
 
     measure = None
+    score_fn = None
 
-    @staticmethod
-    def compute(model, dataloaders, device):
+    @classmethod
+    def compute(cls, model, dataloaders, device):
         """``(aggregate, {data_key: per-neuron values})`` of a model on the test tier."""
-        raise NotImplementedError
+        return (
+            cls.score_fn(model, dataloaders, tier=TIER, device=device, per_neuron=False),
+            cls.score_fn(model, dataloaders, tier=TIER, device=device, as_dict=True),
+        )
 
     def make_fetch(self, key):
         return (key,)
@@ -98,47 +106,29 @@ class _ScoreTable:
 class TestCorrelation(_ScoreTable, dj.Computed):
     __test__ = False  # not a pytest test class
     measure = "test_correlation"
+    score_fn = staticmethod(scores.get_correlations)
     definition = _definition(measure, "single-trial correlation between predictions and responses")
 
     class Unit(dj.Part):
         definition = _unit_definition("test_correlation")
 
-    @staticmethod
-    def compute(model, dataloaders, device):
-        return (
-            scores.get_correlations(model, dataloaders, tier=TIER, device=device, per_neuron=False),
-            scores.get_correlations(model, dataloaders, tier=TIER, device=device, as_dict=True),
-        )
-
 
 class CorrelationToAverage(_ScoreTable, dj.Computed):
     measure = "correlation_to_average"
+    score_fn = staticmethod(scores.get_signal_correlations)
     definition = _definition(measure, "correlation of predictions with responses averaged over repeats")
 
     class Unit(dj.Part):
         definition = _unit_definition("correlation_to_average")
 
-    @staticmethod
-    def compute(model, dataloaders, device):
-        return (
-            scores.get_signal_correlations(model, dataloaders, tier=TIER, device=device, per_neuron=False),
-            scores.get_signal_correlations(model, dataloaders, tier=TIER, device=device, as_dict=True),
-        )
-
 
 class FEVE(_ScoreTable, dj.Computed):
     measure = "feve"
+    score_fn = staticmethod(scores.get_fev)
     definition = _definition(measure, "fraction of explainable variance explained (mean over neurons with FEV >= 0.15)")
 
     class Unit(dj.Part):
         definition = _unit_definition("feve")
-
-    @staticmethod
-    def compute(model, dataloaders, device):
-        return (
-            scores.get_fev(model, dataloaders, tier=TIER, device=device, per_neuron=False),
-            scores.get_fev(model, dataloaders, tier=TIER, device=device, as_dict=True),
-        )
 
 
 class OracleCorrelation(_ScoreTable, dj.Computed):
