@@ -1,6 +1,7 @@
 """The `v1fabrik` command line: db commands without a server, synth, one-line errors."""
 import numpy as np
 
+from pipeline.datasets import synthetic
 from schemas import cli
 
 
@@ -38,4 +39,5 @@ def test_cli_synth_applies_preset_then_overrides(tmp_path):
 
 def test_cli_synth_names_an_unknown_preset(tmp_path, capsys):
     assert cli.main(["synth", str(tmp_path), "--preset", "huge"]) == 1
-    assert capsys.readouterr().err == "v1fabrik: error: unknown preset 'huge'; choose one of tiny, default, realistic\n"
+    choices = ", ".join(synthetic.PRESETS)
+    assert capsys.readouterr().err == f"v1fabrik: error: unknown preset 'huge'; choose one of {choices}\n"
