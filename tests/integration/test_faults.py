@@ -31,17 +31,6 @@ TIMING = {"V1FABRIK_HEARTBEAT_S": "0.5", "V1FABRIK_GRACE_S": "4"}  # grace leave
 
 
 @pytest.fixture(scope="module")
-def fabrik(db_prefix):
-    """The bound tables (``schemas``) with the test helpers allowed and seeds 1-3."""
-    os.environ[builder.ALLOWED_MODULES_ENV] = HELPERS
-    import schemas
-
-    schemas.Seed.insert([{"seed": s} for s in (1, 2, 3)], skip_duplicates=True)
-    yield schemas
-    os.environ.pop(builder.ALLOWED_MODULES_ENV)
-
-
-@pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     """Folder of a tiny synthetic dataset."""
     return Path(synthetic.generate(tmp_path_factory.mktemp("data"), **synthetic.PRESETS["tiny"]))

@@ -33,17 +33,6 @@ TINY_MODEL = {
 
 
 @pytest.fixture(scope="module")
-def fabrik(db_prefix):
-    """The bound tables (``schemas``), with the test helpers allowed and three seeds."""
-    os.environ[builder.ALLOWED_MODULES_ENV] = HELPERS
-    import schemas
-
-    schemas.Seed.insert([{"seed": s} for s in (1, 2, 3)], skip_duplicates=True)
-    yield schemas
-    os.environ.pop(builder.ALLOWED_MODULES_ENV)
-
-
-@pytest.fixture(scope="module")
 def dataset_key(fabrik, tmp_path_factory):
     """A Dataset entry for a tiny synthetic dataset."""
     path = synthetic.generate(tmp_path_factory.mktemp("data"), **synthetic.PRESETS["tiny"])
