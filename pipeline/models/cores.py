@@ -25,28 +25,6 @@ class DepthSeparableConv2d(nn.Sequential):
         )
         self.out_depth_conv = nn.Conv2d(out_channels, out_channels, 1, bias=bias)
 
-    def forward(self, x):
-        if x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last):
-            return self.out_depth_conv(self.spatial_conv(self.in_depth_conv(x)))
-        # Same float32 math, faster CPU kernels (benchmarks/results/model.md): the 1×1 convs as
-        # batched matrix products; when gradients are needed, the depthwise conv in channels-last
-        # layout, where its weight gradient is ~30× faster (the layout copies cost more than they
-        # save without gradients).
-        x = _pointwise(self.in_depth_conv, x)
-        if torch.is_grad_enabled():
-            x = self.spatial_conv(x.contiguous(memory_format=torch.channels_last)).contiguous()
-        else:
-            x = self.spatial_conv(x)
-        return _pointwise(self.out_depth_conv, x)
-
-
-def _pointwise(conv, x):
-    """A 1×1 ``conv`` applied to an NCHW tensor as one batched matrix product."""
-    batch, channels, height, width = x.shape
-    y = torch.matmul(conv.weight.view(conv.out_channels, channels), x.reshape(batch, channels, height * width))
-    y = y.view(batch, conv.out_channels, height, width)
-    return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
-
 
 class Stacked2dCore(nn.Module):
     """A stack of conv → BatchNorm → ELU layers; returns the layers selected by ``stack``.
@@ -78,7 +56,8 @@ class Stacked2dCore(nn.Module):
         use_avg_reg: average instead of sum inside the input regularizer.
         depth_separable: hidden layers are depth-separable convs.
         linear: no nonlinearities at all (the LN baseline).
-        channels_last: opt-in fast path; run the convolutions in channels-last memory format.
+        channels_last: run the convolutions in channels-last memory format on every device. On CPU
+            the core always does (faster in every measured case, benchmarks/README.md §2).
     """
 
     def __init__(
@@ -170,8 +149,10 @@ class Stacked2dCore(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def forward(self, x):
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.channels_last or x.device.type == "cpu":
+            # empty_like + copy_ sets channels-last strides even for one input channel, where
+            # ``contiguous`` would keep NCHW and the convolutions would follow it.
+            x = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
         outputs = []
         for index, layer in enumerate(self.features):
             if index > 0 and self.skip > 1:
