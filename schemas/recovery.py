@@ -6,7 +6,8 @@ one ``error``. Here a job goes back to ``pending`` (and later resumes from its c
 - its worker's heartbeat is older than the grace period (:func:`sweep`, run by every live worker);
 - it was stopped by SIGTERM/SIGINT (:func:`hand_back`; :func:`sweep` also catches the rows a
   worker could not hand back itself);
-- it failed with a transient error (lost database connection, CUDA out of memory) and its retry
+- it failed with a transient error (lost database connection, a deadlock with another worker,
+  CUDA out of memory) and its retry
   budget, ``$V1FABRIK_TRANSIENT_RETRIES`` (default 3), is not spent (:func:`retry_transient`).
 
 Errors from bad configs or data stay ``error``: retrying cannot fix them.
@@ -34,6 +35,10 @@ DEFAULT_DB_WAIT_S = 600.0
 PREEMPTED_MESSAGES = ("Preempted:%", "SystemExit: SIGTERM received")
 # Client error codes of MySQL/MariaDB for a server that is gone or unreachable.
 MYSQL_CONNECTION_CODES = {2003, 2006, 2013, 2055}
+# A statement that lost a lock race with another worker (deadlock, lock wait timeout): MySQL/MariaDB
+# error codes and PostgreSQL SQLSTATEs (serialization_failure, deadlock_detected, lock_not_available).
+MYSQL_LOCK_CODES = {1205, 1213}
+POSTGRES_LOCK_STATES = {"40001", "40P01", "55P03"}
 
 
 class TransientFailure(dj.Manual):
@@ -57,9 +62,16 @@ def is_connection_error(error: BaseException) -> bool:
     return module.startswith("psycopg") and type(error).__name__ in ("OperationalError", "InterfaceError")
 
 
+def is_lock_conflict(error: BaseException) -> bool:
+    """True when the server rolled the statement back because it lost a lock race; running it again is safe."""
+    if (type(error).__module__ or "").startswith("pymysql"):
+        return bool(error.args) and error.args[0] in MYSQL_LOCK_CODES
+    return getattr(error, "pgcode", None) in POSTGRES_LOCK_STATES
+
+
 def is_transient(error: BaseException) -> bool:
-    """Errors worth retrying: a lost database connection or CUDA running out of memory."""
-    return is_connection_error(error) or isinstance(error, torch.OutOfMemoryError)
+    """Errors worth retrying: a lost database connection, a lost lock race or CUDA running out of memory."""
+    return is_connection_error(error) or is_lock_conflict(error) or isinstance(error, torch.OutOfMemoryError)
 
 
 def _computed() -> tuple:

@@ -10,6 +10,7 @@ and database outages put its job back in the queue instead of failing it (see
 """
 import functools
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -72,6 +73,12 @@ class Worker:
                 self.preempted = True
                 break
             except Exception as error:
+                if recovery.is_lock_conflict(error):  # e.g. two workers refreshing the job table at once
+                    logger.warning("lost a lock race with another worker (%s); trying again", error)
+                    if TrainedModel.connection.in_transaction:
+                        TrainedModel.connection.cancel_transaction()
+                    time.sleep(random.uniform(0.1, 1.0))
+                    continue
                 if not recovery.is_connection_error(error):
                     raise
                 recovery.wait_for_database()

@@ -86,7 +86,8 @@ def stacked_core_full_gauss_readout(
         gamma_shifter: accepted for compatibility; the reference's MLP shifter has no regularizer.
         core_bias: conv biases in the hidden layers (False at the seed; the checkpoints have none).
         channels_last, autocast_dtype, compile: opt-in speed-ups. The defaults keep the reference's
-            float32 numerics; ``compile=True`` compiles the core in place (state-dict keys unchanged).
+            float32 numerics (on CPU the core is channels-last anyway); ``compile=True`` compiles the
+            core in place (state-dict keys unchanged).
 
     Returns:
         a ``FiringRateEncoder`` with ``.core``, ``.readout`` and ``.shifter`` (or None).

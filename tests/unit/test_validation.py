@@ -67,10 +67,12 @@ def test_bad_retry_and_wait_settings_are_refused(monkeypatch):
         preemption.timeout_s()
 
 
-def test_transient_errors_are_connection_losses_and_cuda_oom_only():
+def test_transient_errors_are_connection_losses_lock_races_and_cuda_oom_only():
     import pymysql
 
     assert recovery.is_transient(pymysql.err.OperationalError(2003, "Can't connect"))
+    assert recovery.is_transient(pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock"))
+    assert not recovery.is_connection_error(pymysql.err.OperationalError(1213, "Deadlock found"))
     assert recovery.is_transient(torch.OutOfMemoryError("CUDA out of memory"))
     assert not recovery.is_transient(pymysql.err.OperationalError(1045, "Access denied"))
     assert not recovery.is_transient(ValueError("hidden_channels must be at least 1"))
