@@ -45,7 +45,13 @@ def dataset(preset, data_dir, seed):
 
 
 def reference_trainer(model, dataloaders, seed, device, max_iter, lr_init, lr_decay_steps, patience, tolerance):
-    """sensorium's standard_trainer loop, assembled from neuralpredictors 0.3.0 (spec section 3)."""
+    """sensorium's standard_trainer loop, assembled from neuralpredictors 0.3.0 (spec section 3).
+
+    Returns (final validation correlation, epochs, trajectory): every evaluation of the objective
+    with its wall time since the start.
+    """
+    started = time.perf_counter()
+    trajectory = []
     early_stopping = importlib.import_module("neuralpredictors.training.early_stopping").early_stopping
     cyclers = importlib.import_module("neuralpredictors.training.cyclers")
     np_corr = np_ref.measures.np_functions.corr
@@ -69,7 +75,9 @@ def reference_trainer(model, dataloaders, seed, device, max_iter, lr_init, lr_de
                     target.append(batch.responses)
             c = np_corr(torch.cat(target).numpy(), torch.cat(output).numpy(), axis=0)
             correlations.append(np.where(np.isnan(c), 0, c))
-        return float(np.mean(np.hstack(correlations)))
+        score = float(np.mean(np.hstack(correlations)))
+        trajectory.append({"seconds": time.perf_counter() - started, "validation_corr": score})
+        return score
 
     train = dataloaders["train"]
     epochs = 0
@@ -89,14 +97,15 @@ def reference_trainer(model, dataloaders, seed, device, max_iter, lr_init, lr_de
                 optimizer.zero_grad()
         logger.info("reference epoch %d done", epochs)
     model.eval()
-    return validation_correlation(model), epochs
+    return validation_correlation(model), epochs, trajectory
 
 
 def run(which, args, path, device, report):
     """Train one model; ``report(progress)`` is called after every epoch of ours with the trajectory so far."""
     dataloaders = static_loaders([str(path)], batch_size=args.batch_size, include_eye_position=True, scale=args.scale)
     build = stacked_core_full_gauss_readout if which == "ours" else reference_model
-    model = build(dataloaders, args.seed, **SEED_CONFIG)
+    readout_init = {name: getattr(args, name) for name in ("init_sigma", "init_mu_range") if getattr(args, name)}
+    model = build(dataloaders, args.seed, **SEED_CONFIG, **readout_init)
     started = time.perf_counter()
     if which == "ours":
         trajectory = []
@@ -119,13 +128,35 @@ def run(which, args, path, device, report):
         )
         epochs = len(output["history"]["epoch"])
     else:
-        score, epochs = reference_trainer(model, dataloaders, args.seed, device, args.max_iter, **TRAINER_CONFIG)
+        score, epochs, trajectory = reference_trainer(model, dataloaders, args.seed, device, args.max_iter,
+                                                      **TRAINER_CONFIG)
     seconds = time.perf_counter() - started
-    result = {"trainer": which, "validation_corr": score, "epochs": epochs, "seconds": seconds}
+    result = {"trainer": which, "validation_corr": score, "epochs": epochs, "seconds": seconds,
+              "trajectory": trajectory}
     if which == "ours":
-        result.update(truth_scores(model, dataloaders, path, device), trajectory=trajectory)
+        result.update(truth_scores(model, dataloaders, path, device))
     logger.info("%s", {k: v for k, v in result.items() if k != "trajectory"})
     return result
+
+
+def first_reaching(run, score):
+    """Wall seconds until ``run`` first evaluated a validation correlation of at least ``score`` (None: never).
+
+    The run's end counts as an evaluation of its final (restored best) state. ``score`` is lowered by
+    the early-stopping tolerance, as the two trainers score in float32 and float64.
+    """
+    points = run["trajectory"] + [{"seconds": run["seconds"], "validation_corr": run["validation_corr"]}]
+    target = score - TRAINER_CONFIG["tolerance"]
+    return next((point["seconds"] for point in points if point["validation_corr"] >= target), None)
+
+
+def time_to_score(ours, reference):
+    """Seconds each trainer needed to first reach the reference's final validation correlation, and their ratio."""
+    target = reference["validation_corr"]
+    seconds = {"ours": first_reaching(ours, target), "reference": first_reaching(reference, target)}
+    ratio = None if None in seconds.values() else seconds["ours"] / seconds["reference"]
+    logger.info("time to the reference's score %.5f: %s, ratio %s", target, seconds, ratio)
+    return {"target_validation_corr": target, "seconds": seconds, "ours_over_reference": ratio}
 
 
 def main():
@@ -136,6 +167,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--scale", type=float, default=None, help="default: 0.25 for 144x256 presets, else 1")
     parser.add_argument("--max-iter", type=int, default=200)
+    parser.add_argument("--init-sigma", type=float, help="readout init; default: the seed notebook's (1.0). "
+                        "The SENSORIUM training notebooks use 0.1 (spec section 2)")
+    parser.add_argument("--init-mu-range", type=float, help="readout init; the training notebooks use 0.3")
     parser.add_argument("--reference", action="store_true", help="also train with the reference trainer logic")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--truth-every", type=int, default=1, help="test-tier truth scores every N epochs (0: at the end)")
@@ -158,6 +192,9 @@ def main():
 
     for which in ["ours"] + ["reference"] * args.reference:
         record["runs"].append(run(which, args, path, device, report))
+        args.out.write_text(json.dumps(record, indent=1))
+    if args.reference:
+        record["time_to_reference_score"] = time_to_score(*record["runs"])
         args.out.write_text(json.dumps(record, indent=1))
     print(json.dumps(record, indent=1))
 
