@@ -13,6 +13,7 @@ import threading
 
 import datajoint as dj
 
+from .envsettings import seconds
 from .upsert import replace1
 
 logger = logging.getLogger(__name__)
@@ -35,20 +36,10 @@ class LiveWorker(dj.Manual):
     """
 
 
-def _seconds(name: str, default: float) -> float:
-    value = os.environ.get(name, "")
-    try:
-        seconds = float(value) if value else default
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not a number of seconds") from None
-    if seconds <= 0:
-        raise ValueError(f"{name}={value!r} must be positive")
-    return seconds
-
-
 def timing() -> tuple:
     """``(interval_s, grace_s)`` from the environment; the grace must cover at least two beats."""
-    interval, grace = _seconds(INTERVAL_ENV, DEFAULT_INTERVAL_S), _seconds(GRACE_ENV, DEFAULT_GRACE_S)
+    interval = seconds(INTERVAL_ENV, DEFAULT_INTERVAL_S, positive=True)
+    grace = seconds(GRACE_ENV, DEFAULT_GRACE_S, positive=True)
     if grace < 2 * interval:
         raise ValueError(f"{GRACE_ENV}={grace:g} must be at least twice {INTERVAL_ENV}={interval:g}, "
                          "or live workers would be declared dead between two beats")

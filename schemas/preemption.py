@@ -12,10 +12,11 @@ DataJoint's distributed populate installs its own SIGTERM handler (which marks t
 import contextlib
 import functools
 import logging
-import os
 import signal
 import threading
 import _thread
+
+from .envsettings import seconds
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +41,7 @@ def requested() -> bool:
 
 def timeout_s() -> float:
     """Seconds a preempted job may run on to reach its next checkpoint."""
-    value = os.environ.get(TIMEOUT_ENV, "")
-    try:
-        seconds = float(value) if value else DEFAULT_TIMEOUT_S
-    except ValueError:
-        raise ValueError(f"{TIMEOUT_ENV}={value!r} is not a number of seconds") from None
-    if seconds < 0:
-        raise ValueError(f"{TIMEOUT_ENV}={value!r} must not be negative")
-    return seconds
+    return seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
 
 
 def _handle(signum, _frame):

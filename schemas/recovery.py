@@ -21,6 +21,7 @@ import datajoint as dj
 import torch
 
 from .connection import DatabaseUnavailable
+from .envsettings import seconds
 from .hashing import config_hash
 from .heartbeat import LiveWorker, own_id
 from .upsert import replace1
@@ -31,6 +32,8 @@ RETRIES_ENV = "V1FABRIK_TRANSIENT_RETRIES"
 DEFAULT_RETRIES = 3
 DB_WAIT_ENV = "V1FABRIK_DB_WAIT_S"
 DEFAULT_DB_WAIT_S = 600.0
+CHECKPOINT_ENV = "V1FABRIK_CHECKPOINT_EVERY_S"
+DEFAULT_CHECKPOINT_EVERY_S = 30.0
 # Job error messages (DataJoint writes "<ExceptionName>: <message>") of jobs stopped by a signal.
 PREEMPTED_MESSAGES = ("Preempted:%", "SystemExit: SIGTERM received")
 # Client error codes of MySQL/MariaDB for a server that is gone or unreachable.
@@ -180,6 +183,25 @@ def retry_transient(table, key, error: BaseException) -> bool:
     return True
 
 
+class CheckpointSchedule:
+    """When a job writes its checkpoint: after its first epoch, then at most every
+    ``$V1FABRIK_CHECKPOINT_EVERY_S`` seconds (default 30; 0 means every epoch), and always once the
+    worker is asked to stop. On a fast GPU this keeps the 4 MiB write out of most epochs; a killed job
+    loses at most that interval plus one epoch.
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self.every_s = seconds(CHECKPOINT_ENV, DEFAULT_CHECKPOINT_EVERY_S)
+        self.clock = clock
+        self.last_written = None
+
+    def due(self, stopping: bool = False) -> bool:
+        return stopping or self.last_written is None or self.clock() - self.last_written >= self.every_s
+
+    def written(self) -> None:
+        self.last_written = self.clock()
+
+
 def write_checkpoint(table, row) -> bool:
     """Replace the key's checkpoint row (one atomic statement); on a lost database, warn and go on training."""
     try:
@@ -194,11 +216,7 @@ def write_checkpoint(table, row) -> bool:
 
 
 def db_wait_s() -> float:
-    value = os.environ.get(DB_WAIT_ENV, "")
-    try:
-        return float(value) if value else DEFAULT_DB_WAIT_S
-    except ValueError:
-        raise ValueError(f"{DB_WAIT_ENV}={value!r} is not a number of seconds") from None
+    return seconds(DB_WAIT_ENV, DEFAULT_DB_WAIT_S)
 
 
 def wait_for_database() -> None:

@@ -1,8 +1,9 @@
 """TrainedModel: one trained model per Dataset x Model x Trainer x Seed, with its weights and checkpoints.
 
-Training runs in ``make_compute`` with no open transaction. Each epoch the trainer's callback
-replaces the key's single ``Checkpoint`` row (autocommitted), so a job that dies resumes from
-its last finished epoch; ``make_insert`` writes the result and weights and deletes the checkpoint
+Training runs in ``make_compute`` with no open transaction. After the first epoch, and then at most
+every ``$V1FABRIK_CHECKPOINT_EVERY_S`` seconds (``recovery.CheckpointSchedule``), the trainer's
+callback replaces the key's single ``Checkpoint`` row (autocommitted), so a job that dies resumes
+from its last checkpointed epoch; ``make_insert`` writes the result and weights and deletes the checkpoint
 in one transaction.
 """
 import functools
@@ -142,12 +143,13 @@ class TrainedModel(dj.Computed):
             else:
                 logger.warning("%s has a checkpoint but its trainer takes no resume_state; starting over", _describe(key))
 
+        schedule = recovery.CheckpointSchedule()
+
         def save_checkpoint(epoch=None, state=None, **_):
-            if state is not None:
-                recovery.write_checkpoint(
-                    Checkpoint,
-                    {**key, "epoch": epoch, "state": state_to_arrays(state), "checkpoint_host": socket.gethostname()},
-                )
+            if state is not None and schedule.due(stopping=preemption.requested()):
+                row = {**key, "epoch": epoch, "state": state_to_arrays(state), "checkpoint_host": socket.gethostname()}
+                if recovery.write_checkpoint(Checkpoint, row):
+                    schedule.written()
             preemption.checkpoint_reached()
 
         start = time.time()

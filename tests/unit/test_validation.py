@@ -63,7 +63,7 @@ def test_bad_retry_and_wait_settings_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="V1FABRIK_TRANSIENT_RETRIES='-1'"):
         recovery.retry_budget()
     monkeypatch.setenv(preemption.TIMEOUT_ENV, "-5")
-    with pytest.raises(ValueError, match="must not be negative"):
+    with pytest.raises(ValueError, match="must be zero or more"):
         preemption.timeout_s()
 
 
@@ -111,3 +111,24 @@ def test_guard_reinstalls_our_handler_over_datajoints_and_restores_it(handlers):
     with preemption.guard():
         assert signal.getsignal(signal.SIGTERM) is preemption._handle
     assert signal.getsignal(signal.SIGTERM) is datajoint_handler
+
+
+def test_checkpoints_come_after_the_first_epoch_then_at_most_every_interval_and_on_stop(monkeypatch):
+    monkeypatch.setenv(recovery.CHECKPOINT_ENV, "30")
+    now = [100.0]
+    schedule = recovery.CheckpointSchedule(clock=lambda: now[0])
+    assert schedule.due()
+    schedule.written()
+    now[0] = 129.9
+    assert not schedule.due()
+    assert schedule.due(stopping=True)
+    now[0] = 130.0
+    assert schedule.due()
+
+    monkeypatch.setenv(recovery.CHECKPOINT_ENV, "0")
+    every_epoch = recovery.CheckpointSchedule(clock=lambda: now[0])
+    every_epoch.written()
+    assert every_epoch.due()
+    monkeypatch.setenv(recovery.CHECKPOINT_ENV, "-1")
+    with pytest.raises(ValueError, match="V1FABRIK_CHECKPOINT_EVERY_S='-1' must be zero or more"):
+        recovery.CheckpointSchedule()
