@@ -2,12 +2,14 @@
 
 Tiny synthetic data and a tiny baseline model keep every training job to about a second.
 """
+import io
 import logging
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from pipeline import builder
 from pipeline.datasets import synthetic
 from pipeline.training.checkpoints import state_from_arrays
 from pipeline.utility import scores
+from schemas import results, status
 from schemas.hashing import UnhashableConfigError
 from schemas.recipes import DuplicateEntryError
 from schemas.scoring import SCORE_TABLES
@@ -94,6 +97,13 @@ def test_type_error_in_model_config_becomes_a_job_error_and_others_complete(fabr
     assert error["error_message"].startswith("TypeError") and "hidden_chanels" in error["error_message"]
     assert "Traceback" in error["error_stack"]
     assert len(fabrik.TrainedModel & good & trainer & {"seed": 1}) == 1
+
+    # `v1fabrik status`: the error is counted in TrainedModel's row and listed with its culprit.
+    report = status.report()
+    row = next(line.split() for line in report.splitlines() if line.startswith("TrainedModel "))
+    assert dict(zip(status.COLUMNS[1:], map(int, row[1:])))["error"] == 1
+    assert any("TrainedModel" in line and "TypeError" in line and "hidden_chanels" in line
+               for line in report.split("latest errors")[1].splitlines())
     (fabrik.Model & bad).delete(prompt=False)
 
 
@@ -176,6 +186,17 @@ def test_score_tables_equal_direct_scores_with_one_unit_insert(fabrik, dataset_k
             np.testing.assert_array_equal(values, np.where(np.isfinite(expected), expected, np.nan))  # NULL if undefined
         if table.__name__ in aggregate:
             assert (table & key).fetch1(table.measure) == aggregate[table.__name__]
+
+    # `v1fabrik scores`: the model's row carries the stored aggregates; CSV keeps them exactly.
+    frame = results.scores_frame()
+    row = frame[(frame.seed == key["seed"]) & (frame.validation == (fabrik.TrainedModel & key).fetch1("score"))]
+    assert len(row) == 1
+    for table in SCORE_TABLES:
+        stored = (table & key).fetch1(table.measure)
+        assert row[table.measure].item() == stored or (np.isnan(stored) and np.isnan(row[table.measure].item()))
+    numbers = ["seed", "validation"] + [table.measure for table in SCORE_TABLES]
+    from_csv = pd.read_csv(io.StringIO(results.format_scores(frame, "csv")))
+    pd.testing.assert_frame_equal(from_csv[numbers], frame[numbers], check_dtype=False, check_exact=True)
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(fabrik, dataset_key, caplog):
