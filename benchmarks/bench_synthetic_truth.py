@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/bench_synthetic_truth.py DATASET
 
 Prints per-neuron means over the test tier: single-trial correlation of the noiseless rates with the
-responses, their correlation to the repeat-averaged responses, the jackknife oracle correlation, and
-the fraction of explainable variance (FEV). Record in benchmarks/results/synthetic_truth.md.
+responses (with and without the behavioural gain: the latter is the ceiling of a model without
+behaviour input, such as the seed notebook config), their correlation to the repeat-averaged
+responses, the jackknife oracle correlation, and the fraction of explainable variance (FEV). Record in benchmarks/results/synthetic_truth.md.
 """
 import argparse
 import sys
@@ -15,7 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.datasets.filetree import FileTree  # noqa: E402
-from pipeline.datasets.synthetic import load_ground_truth  # noqa: E402
+from pipeline.datasets.synthetic import behaviour_gain, load_ground_truth  # noqa: E402
 from pipeline.utility.scores import corr, fev, oracle_corr_jackknife, split_by_image  # noqa: E402
 
 
@@ -30,8 +31,11 @@ def main():
     mean_responses = np.stack([r.mean(0) for r in by_image[0]])
     mean_rates = np.stack([r.mean(0) for r in by_image[1]])
     explainable, _ = fev(by_image[0], by_image[1], return_exp_var=True)
+    without_behaviour = rates / behaviour_gain(truth)[test]
     rows = {
         "single-trial correlation (truth vs responses)": corr(rates, responses, axis=0),
+        "single-trial correlation without the behavioural gain (no behaviour input)":
+            corr(without_behaviour, responses, axis=0),
         "correlation to average (truth vs repeat mean)": corr(mean_rates, mean_responses, axis=0),
         "jackknife oracle correlation": oracle_corr_jackknife(by_image[0]),
         "fraction of explainable variance (FEV)": explainable,

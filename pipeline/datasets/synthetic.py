@@ -61,7 +61,9 @@ def load_ground_truth(dataset_path) -> dict:
     Keys: ``rates`` (n_trials, N) noiseless expected responses, raw units, file-index order;
     ``rf_centers`` (N, 2) at zero eye shift; ``eye_shift_matrix`` (2, 2) and ``eye_shift_center`` (2,);
     ``shifts`` (n_trials, 2); per-neuron ``complex_cell``, ``orientation``, ``spatial_frequency``
-    (cycles per image width), ``phase``, ``sigma`` (fraction of image width), ``gain``, ``amplitude``.
+    (cycles per image width), ``phase``, ``sigma`` (fraction of image width), ``gain``, ``amplitude``;
+    the behavioural gain's inputs: ``running`` and ``pupil`` (n_trials,) standardised, ``running_coef``
+    and ``pupil_coef`` (N,) (see ``behaviour_gain``).
     """
     path = ground_truth_path(dataset_path)
     if not path.exists():
@@ -119,7 +121,9 @@ def generate(path, *, n_neurons, n_train, n_validation, n_test_images, n_repeats
     eye_matrix = np.array([[0.012, 0.002], [-0.001, 0.010]]) * rng.uniform(0.8, 1.2)
     shifts = (pupil_center - eye_center) @ eye_matrix.T
     drive = _drive(images, image_of_trial, shifts, neurons)
-    rates = _rates(rng, drive, behavior, neurons)
+    standard = (behavior - behavior.mean(axis=0)) / behavior.std(axis=0)
+    running, pupil = standard[:, 2], standard[:, 0]
+    rates = _rates(drive, _behaviour_gain(running, pupil, neurons["running_coef"], neurons["pupil_coef"]), neurons)
     counts = rng.poisson(rates / neurons["amplitude"] * rng.gamma(overdispersion, 1 / overdispersion, rates.shape))
     responses = (counts * neurons["amplitude"]).astype(np.float32)
 
@@ -148,9 +152,9 @@ def generate(path, *, n_neurons, n_train, n_validation, n_test_images, n_repeats
     _write(out, data, trials, meta_neurons, overwrite)
     np.savez(ground_truth_path(out), rates=rates[file_order].astype(np.float32), shifts=shifts[file_order],
              rf_centers=neurons["center"], eye_shift_matrix=eye_matrix, eye_shift_center=eye_center,
-             image_size=np.array(image_size),
+             image_size=np.array(image_size), running=running[file_order], pupil=pupil[file_order],
              **{k: neurons[k] for k in ("complex_cell", "orientation", "spatial_frequency", "phase", "sigma",
-                                        "gain", "amplitude")})
+                                        "gain", "amplitude", "running_coef", "pupil_coef")})
     logger.info("wrote synthetic dataset %s (%d neurons, %d trials)", out, n_neurons, len(tiers))
     return out
 
@@ -267,15 +271,26 @@ def _gabors(neurons, gx, gy, aspect, chunk=1024):
     return even, odd
 
 
-def _rates(rng, drive, behavior, neurons):
+def _behaviour_gain(running, pupil, running_coef, pupil_coef):
+    """(n_trials, N) gain exp(κ·running + λ·pupil), clipped to [e⁻², e²]; running and pupil standardised."""
+    return np.exp(np.clip(np.outer(running, running_coef) + np.outer(pupil, pupil_coef), -2, 2))
+
+
+def behaviour_gain(truth: dict) -> np.ndarray:
+    """The behavioural gain of every trial and neuron in ``truth`` (from ``load_ground_truth``), file order.
+
+    ``truth["rates"] / behaviour_gain(truth)`` is the most a model without behaviour input (such as
+    the seed notebook config) can predict: the stimulus seen through the eye position.
+    """
+    return _behaviour_gain(truth["running"], truth["pupil"], truth["running_coef"], truth["pupil_coef"])
+
+
+def _rates(drive, behaviour_gain, neurons):
     """Expected responses (raw units): output nonlinearity, per-neuron gain, behavioural gain modulation."""
     z = (drive - drive.mean(axis=0)) / drive.std(axis=0)
     beta = 2.0
     tuned = np.logaddexp(0, beta * (z - neurons["threshold"])) / beta
-    standard = (behavior - behavior.mean(axis=0)) / behavior.std(axis=0)
-    modulation = np.exp(np.clip(np.outer(standard[:, 2], neurons["running_coef"])
-                                + np.outer(standard[:, 0], neurons["pupil_coef"]), -2, 2))
-    return neurons["amplitude"] * neurons["gain"] * modulation * tuned
+    return neurons["amplitude"] * neurons["gain"] * behaviour_gain * tuned
 
 
 def _write(out, data, trials, meta_neurons, overwrite):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from pipeline.datasets.filetree import FileTree
-from pipeline.datasets.synthetic import PRESETS, generate, ground_truth_path, load_ground_truth, to_core_grid
+from pipeline.datasets.synthetic import (PRESETS, behaviour_gain, generate, ground_truth_path, load_ground_truth,
+                                         to_core_grid)
 from pipeline.utility.scores import corr as _corr
 
 
@@ -78,6 +79,24 @@ def test_ground_truth_explains_test_responses(population):
     shuffled = np.nanmean(corr(responses, rates[np.random.default_rng(0).permutation(len(rates))]))
     assert true_corr > 0.4 and abs(shuffled) < 0.1
     assert np.all(rates >= 0) and np.allclose(responses.mean(0), rates.mean(0), rtol=0.5, atol=0.05)
+
+
+def test_behavioural_gain_is_stored_and_is_what_a_model_without_behaviour_misses(population):
+    _, tree, truth = population
+    behavior = tree.load("behavior").astype(np.float64)
+    standard = (behavior - behavior.mean(0)) / behavior.std(0)
+    np.testing.assert_allclose(truth["running"], standard[:, 2], atol=1e-5)
+    np.testing.assert_allclose(truth["pupil"], standard[:, 0], atol=1e-5)
+    gain = behaviour_gain(truth)
+    assert gain.shape == truth["rates"].shape and gain.min() >= np.exp(-2) and gain.max() <= np.exp(2)
+    running_neurons = truth["running_coef"] > 0.3
+    without = truth["rates"] / gain
+    # the gain carries the running modulation: gone from the behaviour-free rates
+    assert np.nanmean(corr(truth["rates"][:, running_neurons], standard[:, 2:3])) > 0.2
+    assert abs(np.nanmean(corr(without[:, running_neurons], standard[:, 2:3]))) < 0.1
+    test = tree.trial_info.tiers == "test"
+    responses = tree.load("responses")[test]
+    assert 0.2 < np.nanmean(corr(responses, without[test])) < np.nanmean(corr(responses, truth["rates"][test]))
 
 
 def test_retinotopy_is_smooth_and_eye_shift_is_stored(population):
