@@ -5,9 +5,9 @@ share the database's job queue, so ``--array 10`` trains up to ten models at a t
 
 Preemption and time limits: the script asks Slurm for ``--requeue`` and ``--signal=TERM@<grace>``,
 so the worker gets SIGTERM ``grace`` seconds before its time limit (preemption sends SIGTERM too)
-and the array task is requeued when preempted. DataJoint marks the interrupted job ``error``
-(``SystemExit: SIGTERM received``); the model's latest checkpoint stays in the database, so once
-that job is pending again a worker resumes it from the last epoch.
+and the array task is requeued when preempted. The worker finishes its epoch, writes the
+checkpoint and puts the job back to ``pending`` (:mod:`schemas.preemption`), so the next worker
+resumes it from that epoch.
 
 Credentials never enter the script. DataJoint reads ``DJ_HOST``/``DJ_USER``/``DJ_PASS`` from the
 job's environment (sbatch passes on the submitting shell's), else ``datajoint.json`` and
