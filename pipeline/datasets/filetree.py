@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 TRIAL_FIELDS = ("images", "responses", "behavior", "pupil_center")
+READ_THREADS = min(4, os.cpu_count() or 1)  # trial files are read in parallel; mostly page-cache copies
 
 
 class DatasetFormatError(ValueError):
@@ -109,7 +111,8 @@ def _stack_trials(folder: Path, n_trials: int) -> np.ndarray:
 
     All files written by one ``np.save`` call share their header, so the header is parsed once and
     each file is read with one ``readv`` straight into its row (plus the header, to compare, and one
-    byte more, to detect a longer file); a file that differs is read with ``np.load``.
+    byte more, to detect a longer file), by ``READ_THREADS`` threads; a file that differs is read
+    with ``np.load``.
     """
     first = folder / "0.npy"
     if not first.exists():
@@ -125,23 +128,39 @@ def _stack_trials(folder: Path, n_trials: int) -> np.ndarray:
         raise DatasetFormatError(f"{first} holds Python objects; only numeric arrays are supported")
     out = np.empty((n_trials, *shape), dtype=dtype)
     rows = out.reshape(n_trials, -1).view(np.uint8)  # each trial's bytes, filled in place
-    head, extra, size = bytearray(header), bytearray(1), header + rows.shape[1]
-    for k in range(n_trials):
+    if fortran:  # the rows are C-ordered: such files go through np.load
+        odd = range(n_trials)
+    else:
+        bounds = np.linspace(0, n_trials, READ_THREADS * 4 + 1).astype(int)
+        with ThreadPoolExecutor(READ_THREADS) as pool:  # readv releases the GIL
+            chunks = pool.map(lambda b: _read_rows(folder, rows, range(*b), prefix, n_trials), zip(bounds, bounds[1:]))
+            odd = [k for chunk in chunks for k in chunk]
+    for k in odd:
+        path = folder / f"{k}.npy"
+        value = _load_npy(path)
+        if value.shape != tuple(shape):
+            raise DatasetFormatError(f"{path} has shape {value.shape}, but {first} has {tuple(shape)}")
+        out[k] = value
+    return out
+
+
+def _read_rows(folder: Path, rows: np.ndarray, trials: range, prefix: bytes, n_trials: int) -> list:
+    """Read each trial file straight into its row; returns the trials whose file is not laid out like the first."""
+    head, extra, size = bytearray(len(prefix)), bytearray(1), len(prefix) + rows.shape[1]
+    odd = []
+    for k in trials:
         path = f"{folder}/{k}.npy"
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             raise DatasetFormatError(f"{path} is missing (expected trials 0..{n_trials - 1})") from None
         try:
-            same = os.readv(fd, [head, rows[k], extra]) == size and head == prefix and not fortran
+            same = os.readv(fd, [head, rows[k], extra]) == size and head == prefix
         finally:
             os.close(fd)
         if not same:
-            value = _load_npy(Path(path))
-            if value.shape != tuple(shape):
-                raise DatasetFormatError(f"{path} has shape {value.shape}, but {first} has {tuple(shape)}")
-            out[k] = value
-    return out
+            odd.append(k)
+    return odd
 
 
 class FileTree:
