@@ -3,11 +3,14 @@ compare with the reference trainer logic (neuralpredictors 0.3.0 model, early st
 
 Run from the repository root, in the background on a shared machine:
 
-    PYTHONPATH=. nice -n 19 .venv/bin/python benchmarks/bench_training.py --preset realistic --out /tmp/realistic.json
+    PYTHONPATH=. nice -n 19 .venv/bin/python benchmarks/bench_training.py --preset realistic --init-sigma 0.1 \
+        --init-mu-range 0.3 --checkpoint /tmp/realistic.npz --out /tmp/realistic.json
     PYTHONPATH=. nice -n 19 .venv/bin/python benchmarks/bench_training.py --preset default --reference --out /tmp/default.json
 
 Both trainers see the same dataset and loaders, the seed model config (SENSORIUM notebook), batch 128,
 scale 0.25 for 144x256 presets, lr 0.009, 4 LR-decay rounds (the SENSORIUM training notebooks).
+With ``--checkpoint`` a stopped or killed run continues where it left off when started again with the
+same arguments (same final weights as an uninterrupted run; its wall time includes the restart).
 Results are recorded in ``benchmarks/results/training.md``.
 """
 import argparse
@@ -15,6 +18,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -26,6 +30,7 @@ from pipeline.datasets import static_loaders
 from pipeline.datasets.synthetic import PRESETS, generate
 from pipeline.models import stacked_core_full_gauss_readout
 from pipeline.training import standard_trainer
+from pipeline.training.checkpoints import state_from_arrays, state_to_arrays
 from pipeline.utility.ground_truth import truth_scores
 from pipeline.utility.seeding import set_random_seed
 from tests.reference import np_ref
@@ -111,8 +116,20 @@ def run(which, args, path, device, report):
         trajectory = []
 
         def progress(epoch, model, state, **_):
-            if epoch is None:
-                return None
+            nonlocal started
+            if epoch is None:  # the trainer asks for a state to resume from
+                if not (args.checkpoint and args.checkpoint.exists()):
+                    return None
+                with np.load(args.checkpoint, allow_pickle=False) as saved:
+                    resume = state_from_arrays(dict(saved))
+                trajectory.extend(json.loads(args.out.read_text())["runs"][-1]["trajectory"])
+                started -= trajectory[-1]["seconds"]  # wall time goes on from the saved epoch
+                logger.info("resuming from %s after epoch %d", args.checkpoint, trajectory[-1]["epoch"])
+                return resume
+            if args.checkpoint:
+                partial = args.checkpoint.with_suffix(".partial.npz")
+                np.savez(partial, **state_to_arrays(state))
+                os.replace(partial, args.checkpoint)
             point = {"epoch": epoch, "seconds": time.perf_counter() - started,
                      "validation_corr": state["history"]["validation_corr"][-1], "lr": state["history"]["lr"][-1]}
             if args.truth_every and epoch % args.truth_every == 0:
@@ -174,6 +191,8 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--truth-every", type=int, default=1, help="test-tier truth scores every N epochs (0: at the end)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    parser.add_argument("--checkpoint", type=Path, help="ours: save the trainer state here after every epoch, and "
+                        "resume from it (and from --out's trajectory) when it exists, e.g. after a stopped run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.scale is None:
@@ -181,7 +200,7 @@ def main():
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     path = dataset(args.preset, args.data_dir, args.seed)
     record = {
-        "command": vars(args) | {"out": str(args.out)},
+        "command": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
         "date": time.strftime("%Y-%m-%d %H:%M"),
