@@ -10,7 +10,8 @@ Run from the repository root, in the background on a shared machine:
 Both trainers see the same dataset and loaders, the seed model config (SENSORIUM notebook), batch 128,
 scale 0.25 for 144x256 presets, lr 0.009, 4 LR-decay rounds (the SENSORIUM training notebooks).
 With ``--checkpoint`` a stopped or killed run continues where it left off when started again with the
-same arguments (same final weights as an uninterrupted run; its wall time includes the restart).
+same arguments (the trainer resumes bit-exactly on CPU, tests/unit/test_trainer.py; the wall time
+includes the restart).
 Results are recorded in ``benchmarks/results/training.md``.
 """
 import argparse
