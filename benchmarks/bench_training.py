@@ -157,13 +157,13 @@ def run(which, args, path, device, report):
     return result
 
 
-def first_reaching(run, score):
-    """Wall seconds until ``run`` first evaluated a validation correlation of at least ``score`` (None: never).
+def first_reaching(result, score):
+    """Wall seconds until the run of ``result`` first evaluated a validation correlation of at least ``score`` (None: never).
 
     The run's end counts as an evaluation of its final (restored best) state. ``score`` is lowered by
     the early-stopping tolerance, as the two trainers score in float32 and float64.
     """
-    points = run["trajectory"] + [{"seconds": run["seconds"], "validation_corr": run["validation_corr"]}]
+    points = result["trajectory"] + [{"seconds": result["seconds"], "validation_corr": result["validation_corr"]}]
     target = score - TRAINER_CONFIG["tolerance"]
     return next((point["seconds"] for point in points if point["validation_corr"] >= target), None)
 

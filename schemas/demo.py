@@ -67,7 +67,7 @@ def write_figures(data_path, out: Path) -> list:
     dataloaders, model = TrainedModel().load_model(keys[0])
     data_key, loader = next(iter(dataloaders["test"].items()))
     learned = ground_truth.learned_rf_positions(model, data_key)
-    true = ground_truth.true_rf_positions(model, loader, data_path)
+    true = ground_truth.true_rf_positions(model, loader, synthetic.load_ground_truth(data_path))
     correlations = {
         f"seed {key['seed']}": (TestCorrelation.Unit & key).to_arrays("unit_test_correlation").astype(float)
         for key in keys

@@ -285,12 +285,12 @@ def behaviour_gain(truth: dict) -> np.ndarray:
     return _behaviour_gain(truth["running"], truth["pupil"], truth["running_coef"], truth["pupil_coef"])
 
 
-def _rates(drive, behaviour_gain, neurons):
-    """Expected responses (raw units): output nonlinearity, per-neuron gain, behavioural gain modulation."""
+def _rates(drive, modulation, neurons):
+    """Expected responses (raw units): output nonlinearity, per-neuron gain, behavioural gain ``modulation``."""
     z = (drive - drive.mean(axis=0)) / drive.std(axis=0)
     beta = 2.0
     tuned = np.logaddexp(0, beta * (z - neurons["threshold"])) / beta
-    return neurons["amplitude"] * neurons["gain"] * behaviour_gain * tuned
+    return neurons["amplitude"] * neurons["gain"] * modulation * tuned
 
 
 def _write(out, data, trials, meta_neurons, overwrite):

@@ -25,13 +25,13 @@ def learned_rf_positions(model, data_key) -> np.ndarray:
         return positions.cpu().numpy()
 
 
-def true_rf_positions(model, loader, dataset_path) -> np.ndarray:
+def true_rf_positions(model, loader, truth: dict) -> np.ndarray:
     """The true RF centres (N, 2) of the loader's neurons, in the grid of ``model``'s core output.
 
-    The crop is measured: the core's output size against the loader's image size (align_corners=True
-    coordinates on both, as the readout's ``grid_sample``).
+    ``truth`` is the dataset's ``load_ground_truth``. The crop is measured: the core's output size
+    against the loader's image size (align_corners=True coordinates on both, as the readout's
+    ``grid_sample``).
     """
-    truth = load_ground_truth(dataset_path)
     image_shape = tuple(next(iter(loader)).images.shape[-2:])
     parameter = next(model.core.parameters())
     with torch.no_grad(), scores.eval_mode(model.core):
@@ -61,7 +61,7 @@ def truth_scores(model, dataloaders, dataset_path, device="cpu") -> dict:
     groups = scores.split_by_image(scores.image_ids(loader), responses, predictions, rates)
     means = [np.stack([trials.mean(0) for trials in group]) for group in groups]
     learned = learned_rf_positions(model, data_key)
-    true = true_rf_positions(model, loader, dataset_path)
+    true = true_rf_positions(model, loader, truth)
     return {
         "model_single_trial": float(np.nanmean(scores.corr(responses, predictions, axis=0))),
         "truth_single_trial": float(np.nanmean(scores.corr(responses, rates, axis=0))),

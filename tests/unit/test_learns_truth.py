@@ -58,6 +58,7 @@ def test_true_positions_follow_the_core_crop(tmp_path):
     dataloaders = static_loaders([str(path)], batch_size=8, include_eye_position=True)
     model = stacked_core_full_gauss_readout(dataloaders, 0, **{**SMALL_SEED_MODEL, "input_kern": 7, "layers": 1})
     (data_key, loader), = dataloaders["test"].items()
-    expected = to_core_grid(load_ground_truth(path)["rf_centers"], (36, 64), crop=3)
-    np.testing.assert_allclose(true_rf_positions(model, loader, path), expected)
+    truth = load_ground_truth(path)
+    expected = to_core_grid(truth["rf_centers"], (36, 64), crop=3)
+    np.testing.assert_allclose(true_rf_positions(model, loader, truth), expected)
     assert learned_rf_positions(model, data_key).shape == expected.shape
