@@ -224,7 +224,7 @@ def main():
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "datajoint": __import__("datajoint").__version__,
                          "server": schemas.TrainedModel.connection.query("SELECT VERSION()").fetchone()[0]},
-            "command": "PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:]),
+            "command": " ".join(["python", "benchmarks/bench_pipeline.py", *sys.argv[1:]]),
             "overhead": overhead(schemas, dataset_key, args.overhead_jobs),
             "seed_model": seed_model_blobs(schemas, dataset_key),
         }
