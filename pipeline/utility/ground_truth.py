@@ -5,7 +5,7 @@ Used by the training benchmark, ``make demo`` and the "it learns the truth" test
 import numpy as np
 import torch
 
-from ..datasets.synthetic import load_ground_truth, to_core_grid
+from ..datasets.synthetic import behaviour_gain, load_ground_truth, to_core_grid
 from . import scores
 
 
@@ -48,7 +48,9 @@ def truth_scores(model, dataloaders, dataset_path, device="cpu") -> dict:
     """Test-tier scores of the model next to those of the noiseless ground-truth rates, and RF recovery.
 
     Returns a dict of floats: ``model_single_trial``/``truth_single_trial`` (mean per-neuron correlation
-    with the single-trial responses), ``model_to_average``/``truth_to_average`` (with the mean over
+    with the single-trial responses), ``truth_single_trial_without_behaviour`` (the same for the rates
+    without their behavioural gain: the ceiling of a model without behaviour input, such as the seed
+    notebook config), ``model_to_average``/``truth_to_average`` (with the mean over
     repeats), ``rf_r_x``/``rf_r_y`` (Pearson r of learned and true RF positions per axis) and
     ``rf_median_error`` (median distance between them, in core-output grid units, [-1, 1] per axis).
     """
@@ -57,7 +59,9 @@ def truth_scores(model, dataloaders, dataset_path, device="cpu") -> dict:
     (data_key, loader), = dataloaders["test"].items()
     truth = load_ground_truth(dataset_path)
     responses, predictions = scores.model_predictions(model, loader, data_key, device)
-    rates = truth["rates"][np.asarray(loader.sampler.indices)][:, _neuron_rows(loader)]
+    trials, neurons = np.asarray(loader.sampler.indices), _neuron_rows(loader)
+    rates = truth["rates"][trials][:, neurons]
+    without_behaviour = rates / behaviour_gain(truth)[trials][:, neurons]
     groups = scores.split_by_image(scores.image_ids(loader), responses, predictions, rates)
     means = [np.stack([trials.mean(0) for trials in group]) for group in groups]
     learned = learned_rf_positions(model, data_key)
@@ -65,6 +69,7 @@ def truth_scores(model, dataloaders, dataset_path, device="cpu") -> dict:
     return {
         "model_single_trial": float(np.nanmean(scores.corr(responses, predictions, axis=0))),
         "truth_single_trial": float(np.nanmean(scores.corr(responses, rates, axis=0))),
+        "truth_single_trial_without_behaviour": float(np.nanmean(scores.corr(responses, without_behaviour, axis=0))),
         "model_to_average": float(np.nanmean(scores.corr(means[0], means[1], axis=0))),
         "truth_to_average": float(np.nanmean(scores.corr(means[0], means[2], axis=0))),
         "rf_r_x": float(np.corrcoef(learned[:, 0], true[:, 0])[0, 1]),
