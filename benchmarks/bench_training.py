@@ -108,7 +108,8 @@ def reference_trainer(model, dataloaders, seed, device, max_iter, lr_init, lr_de
 
 def run(which, args, path, device, report):
     """Train one model; ``report(progress)`` is called after every epoch of ours with the trajectory so far."""
-    dataloaders = static_loaders([str(path)], batch_size=args.batch_size, include_eye_position=True, scale=args.scale)
+    dataloaders = static_loaders([str(path)], batch_size=args.batch_size, include_eye_position=True, scale=args.scale,
+                                 include_behavior=args.include_behavior)
     build = stacked_core_full_gauss_readout if which == "ours" else reference_model
     readout_init = {name: getattr(args, name) for name in ("init_sigma", "init_mu_range") if getattr(args, name)}
     model = build(dataloaders, args.seed, **SEED_CONFIG, **readout_init)
@@ -188,6 +189,8 @@ def main():
     parser.add_argument("--init-sigma", type=float, help="readout init; default: the seed notebook's (1.0). "
                         "The SENSORIUM training notebooks use 0.1 (spec section 2)")
     parser.add_argument("--init-mu-range", type=float, help="readout init; the training notebooks use 0.3")
+    parser.add_argument("--include-behavior", action="store_true", help="load behaviour as image channels "
+                        "(the seed config does not); the model can then see the truth's behavioural gain")
     parser.add_argument("--reference", action="store_true", help="also train with the reference trainer logic")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--truth-every", type=int, default=1, help="test-tier truth scores every N epochs (0: at the end)")

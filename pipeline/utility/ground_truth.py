@@ -32,10 +32,11 @@ def true_rf_positions(model, loader, truth: dict) -> np.ndarray:
     against the loader's image size (align_corners=True coordinates on both, as the readout's
     ``grid_sample``).
     """
-    image_shape = tuple(next(iter(loader)).images.shape[-2:])
+    channels, *image_shape = next(iter(loader)).images.shape[1:]  # behaviour may add channels to the image
+    image_shape = tuple(image_shape)
     parameter = next(model.core.parameters())
     with torch.no_grad(), scores.eval_mode(model.core):
-        core_shape = tuple(model.core(torch.zeros(1, 1, *image_shape, dtype=parameter.dtype,
+        core_shape = tuple(model.core(torch.zeros(1, channels, *image_shape, dtype=parameter.dtype,
                                                   device=parameter.device)).shape[-2:])
     crops = {(a - b) / 2 for a, b in zip(image_shape, core_shape)}
     if len(crops) != 1:

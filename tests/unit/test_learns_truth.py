@@ -55,9 +55,10 @@ def test_learned_rf_positions_match_the_true_centres(trained):
     assert trained["rf_median_error"] < 0.25, trained  # same frame: x = width, y = height, cropped core grid
 
 
-def test_true_positions_follow_the_core_crop(tmp_path):
+@pytest.mark.parametrize("include_behavior", [False, True], ids=["image", "image+behaviour channels"])
+def test_true_positions_follow_the_core_crop(tmp_path, include_behavior):
     path = generate(tmp_path, seed=1, **PRESETS["tiny"])
-    dataloaders = static_loaders([str(path)], batch_size=8, include_eye_position=True)
+    dataloaders = static_loaders([str(path)], batch_size=8, include_eye_position=True, include_behavior=include_behavior)
     model = stacked_core_full_gauss_readout(dataloaders, 0, **{**SMALL_SEED_MODEL, "input_kern": 7, "layers": 1})
     (data_key, loader), = dataloaders["test"].items()
     truth = load_ground_truth(path)
