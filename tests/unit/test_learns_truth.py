@@ -45,7 +45,8 @@ def test_test_correlations_approach_the_ground_truth(trained):
     assert trained["truth_single_trial"] > 0.8  # the preset's signal is as strong as intended
     assert trained["model_single_trial"] >= 0.55 * trained["truth_single_trial"], trained
     # the model sees no behaviour, so it stays below the rates without their behavioural gain
-    assert trained["model_single_trial"] < trained["truth_single_trial_without_behaviour"] < trained["truth_single_trial"]
+    assert trained["model_single_trial"] < trained["truth_single_trial_without_behaviour"] < trained["truth_single_trial"], \
+        trained
     assert trained["model_to_average"] >= 0.65 * trained["truth_to_average"], trained
 
 
