@@ -31,7 +31,7 @@ def main():
     mean_responses = np.stack([r.mean(0) for r in by_image[0]])
     mean_rates = np.stack([r.mean(0) for r in by_image[1]])
     explainable, _ = fev(by_image[0], by_image[1], return_exp_var=True)
-    without_behaviour = rates / behaviour_gain(truth)[test]
+    without_behaviour = rates / behaviour_gain(truth, test)
     rows = {
         "single-trial correlation (truth vs responses)": corr(rates, responses, axis=0),
         "single-trial correlation without the behavioural gain (no behaviour input)":

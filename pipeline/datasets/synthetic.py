@@ -276,13 +276,14 @@ def _behaviour_gain(running, pupil, running_coef, pupil_coef):
     return np.exp(np.clip(np.outer(running, running_coef) + np.outer(pupil, pupil_coef), -2, 2))
 
 
-def behaviour_gain(truth: dict) -> np.ndarray:
-    """The behavioural gain of every trial and neuron in ``truth`` (from ``load_ground_truth``), file order.
+def behaviour_gain(truth: dict, trials=slice(None), neurons=slice(None)) -> np.ndarray:
+    """The behavioural gain of ``truth``'s (from ``load_ground_truth``) trials x neurons, file order (default: all).
 
     ``truth["rates"] / behaviour_gain(truth)`` is the most a model without behaviour input (such as
     the seed notebook config) can predict: the stimulus seen through the eye position.
     """
-    return _behaviour_gain(truth["running"], truth["pupil"], truth["running_coef"], truth["pupil_coef"])
+    return _behaviour_gain(truth["running"][trials], truth["pupil"][trials],
+                           truth["running_coef"][neurons], truth["pupil_coef"][neurons])
 
 
 def _rates(drive, modulation, neurons):

@@ -32,8 +32,8 @@ def true_rf_positions(model, loader, truth: dict) -> np.ndarray:
     against the loader's image size (align_corners=True coordinates on both, as the readout's
     ``grid_sample``).
     """
-    channels, *image_shape = next(iter(loader)).images.shape[1:]  # behaviour may add channels to the image
-    image_shape = tuple(image_shape)
+    channels, height, width = next(iter(loader)).images.shape[1:]  # behaviour may add channels to the image
+    image_shape = (height, width)
     parameter = next(model.core.parameters())
     with torch.no_grad(), scores.eval_mode(model.core):
         core_shape = tuple(model.core(torch.zeros(1, channels, *image_shape, dtype=parameter.dtype,
@@ -62,7 +62,7 @@ def truth_scores(model, dataloaders, dataset_path, device="cpu") -> dict:
     responses, predictions = scores.model_predictions(model, loader, data_key, device)
     rows, neurons = np.asarray(loader.sampler.indices), _neuron_rows(loader)
     rates = truth["rates"][rows][:, neurons]
-    without_behaviour = rates / behaviour_gain(truth)[rows][:, neurons]
+    without_behaviour = rates / behaviour_gain(truth, rows, neurons)
     groups = scores.split_by_image(scores.image_ids(loader), responses, predictions, rates)
     means = [np.stack([trials.mean(0) for trials in group]) for group in groups]
     learned = learned_rf_positions(model, data_key)
