@@ -106,7 +106,8 @@ def standard_trainer(
         uid: passed through to ``cb`` (nnfabrik passes the job's primary key).
         cb: callback. Called once before training as ``cb(uid=, epoch=None, model=, state=None)``:
             a returned state (see ``resume_state``) resumes from it. Then after every epoch as
-            ``cb(uid=, epoch=, model=, state=)`` with the state to resume from that epoch.
+            ``cb(uid=, epoch=, model=, state=)`` with the state to resume from that epoch. The RNGs are
+            restored after each call, so a callback that scores the model leaves the training unchanged.
         verbose: show a tqdm progress bar per epoch (a log line per epoch is always written).
         interval, patience, epoch, max_iter, maximize, tolerance, restore_best, lr_decay_steps:
             early stopping, as in neuralpredictors' ``early_stopping`` (``epoch`` is the start).
@@ -145,7 +146,8 @@ def standard_trainer(
     )
     stopper = EarlyStopping(patience, max_iter, tolerance, lr_decay_steps, interval, maximize, epoch=epoch)
     if resume_state is None and cb is not None:
-        resume_state = cb(uid=uid, epoch=None, model=model, state=None)
+        resume_state = _call_isolated(cb, capture_rng(train_loaders), train_loaders, uid=uid, epoch=None, model=model,
+                                      state=None)
     if resume_state is None:
         initial_corr = objective(model)
         stopper.begin(initial_corr)
@@ -202,7 +204,7 @@ def standard_trainer(
         )
         if cb is not None:
             state = _capture(model, optimizer, scheduler, stopper, initial_corr, best_state, history, train_loaders)
-            cb(uid=uid, epoch=stopper.epoch, model=model, state=state)
+            _call_isolated(cb, state["rng"], train_loaders, uid=uid, epoch=stopper.epoch, model=model, state=state)
 
     if restore_best:
         model.load_state_dict(best_state)
@@ -212,6 +214,15 @@ def standard_trainer(
         raise NonFiniteLossError(f"the final validation correlation is {score}")
     output = {"history": history, "initial_validation_corr": initial_corr, "validation_corr": score}
     return score, output, model.state_dict()
+
+
+def _call_isolated(cb, rng, train_loaders, **kwargs):
+    """``cb(**kwargs)``, then the RNGs back at ``rng``: what a callback draws (a DataLoader iterator it
+    creates draws a seed) cannot change the training that follows, so a resumed run stays exact."""
+    try:
+        return cb(**kwargs)
+    finally:
+        restore_rng(rng, train_loaders)
 
 
 def _capture(model, optimizer, scheduler, stopper, initial_corr, best_state, history, train_loaders):

@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import io
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,21 @@ def test_callback_can_supply_the_resume_state(dataset_path):
     resumed_score, resumed_output, _ = train(dataset_path, cb=lambda epoch, **_: states[2] if epoch is None else None, max_iter=3)
     assert resumed_score == score
     assert resumed_output["history"]["validation_corr"] == output["history"]["validation_corr"]
+
+
+def test_a_callback_drawing_random_numbers_leaves_the_training_unchanged(dataset_path):
+    """A callback that scores the model (a DataLoader iterator draws a seed) must not move the shuffles after it."""
+    torch.set_num_threads(1)
+    _, _, plain = train(dataset_path, max_iter=3)
+    dataloaders, _ = build(dataset_path)
+
+    def score_and_draw(epoch, **_):
+        next(iter(dataloaders["test"][next(iter(dataloaders["test"]))]))
+        torch.rand(3), np.random.rand(3), random.random()
+
+    _, _, observed = train(dataset_path, max_iter=3, cb=score_and_draw)
+    for name, tensor in plain.items():
+        assert torch.equal(observed[name], tensor), name
 
 
 def test_history_follows_the_reference_schedule(dataset_path):
