@@ -280,7 +280,8 @@ def behaviour_gain(truth: dict, trials=slice(None), neurons=slice(None)) -> np.n
     """The behavioural gain of ``truth``'s (from ``load_ground_truth``) trials x neurons, file order (default: all).
 
     ``truth["rates"] / behaviour_gain(truth)`` is the most a model without behaviour input (such as
-    the seed notebook config) can predict: the stimulus seen through the eye position.
+    the seed notebook config) can predict: the stimulus seen through the eye position. (Running also
+    moves the eye a little, so a model that read gain off the pupil centre could do slightly better.)
     """
     return _behaviour_gain(truth["running"][trials], truth["pupil"][trials],
                            truth["running_coef"][neurons], truth["pupil_coef"][neurons])
