@@ -217,8 +217,11 @@ def standard_trainer(
 
 
 def _call_isolated(cb, rng, train_loaders, **kwargs):
-    """``cb(**kwargs)``, then the RNGs back at ``rng``: what a callback draws (a DataLoader iterator it
-    creates draws a seed) cannot change the training that follows, so a resumed run stays exact."""
+    """Call ``cb(**kwargs)``, then put the RNGs back at ``rng``, so nothing the callback draws changes the training.
+
+    A DataLoader iterator draws a seed from torch's RNG, so merely scoring the model would otherwise
+    move every later shuffle, and a run resumed from ``rng`` would part from the uninterrupted one.
+    """
     try:
         return cb(**kwargs)
     finally:
