@@ -28,10 +28,10 @@ $(STAMP): setup.py | $(PY)
 	$(PY) -m pip install -q -e '.[test,postgres]'
 	@touch $@
 
-# Synthetic data, the seed notebook's model, 2 seeds on 2 CPU workers, scores and figures (schemas/demo.py).
+# Synthetic data, the seed notebook's model, 2 seeds on 2 CPU workers, scores and figures (schemas/cli/demo.py).
 demo: $(STAMP)
 	@[ -n "$$DJ_HOST" ] || $(V1FABRIK) db up
-	$(PY) -m schemas.demo --out demo_output
+	$(PY) -m schemas.cli.demo --out demo_output
 
 # The whole suite against the real server; stops the server it started (by pid), pass or fail.
 test: $(STAMP)

@@ -1,9 +1,28 @@
 """v1fabrik: SENSORIUM baseline models of mouse V1, trained and scored through DataJoint 2."""
+import os
+import re
+
 from setuptools import find_packages, setup
+
+VERSION = "0.1.0"
+
+
+def build_version() -> str:
+    """``VERSION`` with ``+g<commit>[.dirty]`` or ``+unknown`` from V1FABRIK_BUILD_COMMIT (set by docker/Dockerfile)."""
+    commit = os.environ.get("V1FABRIK_BUILD_COMMIT", "")
+    if not commit:
+        return VERSION
+    if commit == "unknown":
+        return f"{VERSION}+unknown"
+    if not re.fullmatch(r"[0-9a-f]{7,40}(\.dirty)?", commit):
+        raise SystemExit(f"V1FABRIK_BUILD_COMMIT={commit!r} is not a git commit: use $(git rev-parse --short=12 HEAD), "
+                         "optionally with .dirty, or unknown")
+    return f"{VERSION}+g{commit}"
+
 
 setup(
     name="v1fabrik",
-    version="0.1.0",
+    version=build_version(),
     description="Predictive models of mouse visual cortex on a shared DataJoint 2 database",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -34,5 +53,5 @@ setup(
         ],
         "postgres": ["psycopg2-binary>=2.9"],
     },
-    entry_points={"console_scripts": ["v1fabrik=schemas.cli:main"]},
+    entry_points={"console_scripts": ["v1fabrik=schemas.cli.main:main"]},
 )

@@ -43,7 +43,7 @@ COUNTERS = ("Questions", "Com_select", "Com_insert", "Com_update", "Com_delete",
 
 def start_server(home: Path) -> dict:
     """Start MariaDB under ``home`` and point this process (and its children) at it through DJ_* variables."""
-    from schemas import dbserver
+    from schemas.server import local as dbserver
 
     srv = dbserver.server("mariadb", home=home, port=free_port())
     settings = dbserver.up(srv, workdir=home)
@@ -72,26 +72,26 @@ def register(fabrik, name, dataset_key, trainer_fn, trainer_config, n_models, se
 
 def overhead(fabrik, dataset_key, n_jobs) -> dict:
     """Per-job time outside the trainer, for an in-process worker on ``n_jobs`` tiny 1-epoch jobs."""
-    from schemas import recovery, trained
-    from schemas.worker import Worker
+    from schemas.jobs.worker import Worker
+    from schemas.tables.trained import TrainedModel
 
     register(fabrik, "overhead", dataset_key, QUICK, {"epochs": 1}, n_jobs, [1])
     writes = []
-    write = recovery.write_checkpoint
+    save = TrainedModel._save_checkpoint
 
-    def timed_write(table, row):
+    def timed_save(self, *args):
         start = time.perf_counter()
         try:
-            return write(table, row)
+            return save(self, *args)
         finally:
             writes.append(time.perf_counter() - start)
 
-    trained.recovery.write_checkpoint = timed_write  # instrumentation only: the real write runs
+    TrainedModel._save_checkpoint = timed_save  # instrumentation only: the real write runs
     before, start = counters(), time.perf_counter()
     try:
         worker = Worker(device="cpu", experiment="overhead").run()
     finally:
-        trained.recovery.write_checkpoint = write
+        TrainedModel._save_checkpoint = save
     wall, after = time.perf_counter() - start, counters()
     durations = (fabrik.TrainedModel & fabrik.Experiment.combinations("overhead")).to_arrays("duration")
     assert worker.trained == n_jobs == len(durations), (worker.trained, worker.failed)
@@ -108,8 +108,8 @@ def seed_model_blobs(fabrik, dataset_key, repeats=5) -> dict:
 
     from pipeline.models import stacked_core_full_gauss_readout
     from pipeline.training.checkpoints import state_to_arrays
-    from schemas import recovery
-    from schemas.trained import weights_to_numpy
+    from schemas.server.sql import replace1
+    from schemas.tables.trained import weights_to_numpy
     from tests.unit.models_reference import SEED_CONFIG, stand_in_loaders
 
     loaders = stand_in_loaders("27204-5-13", 7538, (1, 36, 64), n_trials=2, batch_size=2)
@@ -138,7 +138,7 @@ def seed_model_blobs(fabrik, dataset_key, repeats=5) -> dict:
         (fabrik.TrainedModel & key).delete_quick()
         start = time.perf_counter()
         state = state_to_arrays({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1})
-        recovery.write_checkpoint(fabrik.Checkpoint, {**key, "epoch": 1, "state": state, "checkpoint_host": "bench"})
+        replace1(fabrik.Checkpoint, {**key, "epoch": 1, "state": state, "checkpoint_host": "bench"})
         checkpoints.append(time.perf_counter() - start)
     assert all((fetched[k] == v).all() for k, v in weights.items())
     (fabrik.Checkpoint & key).delete_quick()
@@ -239,7 +239,7 @@ def main():
                                            {"epochs": args.cpu_epochs})
         Path(args.out).write_text(json.dumps(record, indent=1))
     finally:
-        from schemas import dbserver
+        from schemas.server import local as dbserver
 
         dbserver.down(srv)
         shutil.rmtree(home, ignore_errors=True)

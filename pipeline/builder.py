@@ -1,41 +1,18 @@
-"""nnfabrik's builder API: resolve registered function names and build dataloaders, models, trainers.
+"""nnfabrik's builder API: build dataloaders, models and trainers from the function names rows store.
 
-Function names come from database rows that any lab member can write, so :func:`resolve_fn` only
-imports names under allowed module prefixes: ``pipeline.`` plus the comma-separated prefixes in
-``$V1FABRIK_ALLOWED_MODULES`` (e.g. ``mylab.models,mylab.data``). The check happens before any
-import, and again on the resolved object's own ``__module__`` so a name cannot reach a function
-re-exported from elsewhere (``pipeline.something.system`` pointing at ``os.system``).
-Every other way this project turns a name into a function goes through this module.
+Function names come from database rows that any lab member can write, so every name goes through
+:func:`resolve_fn` with its role: only functions registered for that role in :mod:`pipeline.registry`
+come out, and nothing outside the allowed modules is imported on the way.
 """
 import functools
-import importlib
-import os
-import re
 
 import numpy as np
 import torch
 
-ALLOWED_MODULES_ENV = "V1FABRIK_ALLOWED_MODULES"
-DEFAULT_ALLOWED = ("pipeline",)
-_DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+from .registry import ALLOWED_MODULES_ENV, UnregisteredFunctionError, resolve  # noqa: F401  (part of this API)
 
-
-class DisallowedFunctionError(ValueError):
-    """A function name lies outside the allowed module prefixes."""
-
-
-class UnknownFunctionError(ValueError):
-    """A function name does not resolve to anything importable."""
-
-
-def allowed_prefixes() -> tuple:
-    """The allowed module prefixes: ``pipeline`` plus those in $V1FABRIK_ALLOWED_MODULES."""
-    extra = os.environ.get(ALLOWED_MODULES_ENV, "")
-    return DEFAULT_ALLOWED + tuple(p.strip().rstrip(".") for p in extra.split(",") if p.strip())
-
-
-def _is_allowed(module_name: str) -> bool:
-    return any(module_name == p or module_name.startswith(p + ".") for p in allowed_prefixes())
+# The names these errors had before the registry; one class now.
+DisallowedFunctionError = UnknownFunctionError = UnregisteredFunctionError
 
 
 def fn_name(fn) -> str:
@@ -47,31 +24,9 @@ def fn_name(fn) -> str:
     return f"{fn.__module__}.{fn.__qualname__}"
 
 
-def resolve_fn(name):
-    """Import the function ``name`` (dotted path, or the function itself) after the allowlist check."""
-    name = fn_name(name)
-    if not _DOTTED_NAME.match(name):
-        raise UnknownFunctionError(f"{name!r} is not a dotted function name like 'pipeline.models.fn'")
-    module_name, attr = name.rsplit(".", 1)
-    if not _is_allowed(module_name):
-        raise DisallowedFunctionError(
-            f"function {name!r} is outside the allowed modules {list(allowed_prefixes())}; "
-            f"add its package to ${ALLOWED_MODULES_ENV} to allow it"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        raise UnknownFunctionError(f"cannot import module {module_name!r} for function {name!r}: {error}") from None
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise UnknownFunctionError(f"module {module_name!r} has no function {attr!r}")
-    if not callable(fn):
-        raise TypeError(f"{name!r} is a {type(fn).__name__}, not a callable function")
-    if not _is_allowed(getattr(fn, "__module__", None) or ""):
-        raise DisallowedFunctionError(
-            f"{name!r} resolves to {getattr(fn, '__module__', '?')}.{attr}, which is outside the allowed modules"
-        )
-    return fn
+def resolve_fn(name, role: str):
+    """The function registered as ``name`` (dotted path, or the function itself) for ``role``."""
+    return resolve(fn_name(name), role)
 
 
 class ContractError(TypeError):
@@ -99,12 +54,12 @@ def check_trainer_result(name, result):
 
 def get_data(dataset_fn, dataset_config):
     """Call the dataset function with its config: ``dataset_fn(**dataset_config)``."""
-    return _check_dataloaders(dataset_fn, resolve_fn(dataset_fn)(**dataset_config))
+    return _check_dataloaders(dataset_fn, resolve_fn(dataset_fn, "dataset")(**dataset_config))
 
 
 def get_model(model_fn, model_config, dataloaders=None, seed=None, state_dict=None, strict=True):
     """Build ``model_fn(dataloaders, seed=seed, **model_config)``; load ``state_dict`` if given."""
-    model = resolve_fn(model_fn)(dataloaders, seed=seed, **model_config)
+    model = resolve_fn(model_fn, "model")(dataloaders, seed=seed, **model_config)
     if not isinstance(model, torch.nn.Module):
         raise ContractError(f"model function {fn_name(model_fn)!r} returned a {type(model).__name__}, not a torch.nn.Module")
     if state_dict is not None:
@@ -114,7 +69,7 @@ def get_model(model_fn, model_config, dataloaders=None, seed=None, state_dict=No
 
 def get_trainer(trainer_fn, trainer_config=None):
     """The trainer function, with ``trainer_config`` bound as keyword arguments when given."""
-    fn = resolve_fn(trainer_fn)
+    fn = resolve_fn(trainer_fn, "trainer")
     return functools.partial(fn, **trainer_config) if trainer_config is not None else fn
 
 
@@ -132,7 +87,11 @@ def get_all_parts(
     """Build ``(dataloaders, model)``, plus the trainer when ``trainer_fn`` is given.
 
     As in nnfabrik, ``seed`` is passed to the dataset function unless its config sets one.
+    Every name is checked against its role before any function is called.
     """
+    for name, role in ((dataset_fn, "dataset"), (model_fn, "model"), (trainer_fn, "trainer")):
+        if name is not None:
+            resolve_fn(name, role)
     if seed is not None and "seed" not in dataset_config:
         dataset_config = {**dataset_config, "seed": seed}
     dataloaders = get_data(dataset_fn, dataset_config)

@@ -1,12 +1,21 @@
-"""The application layer: DataJoint tables, workers, the local database server and the CLI.
+"""The application layer on top of :mod:`pipeline`; its folders are its architecture:
 
-Importing this package connects to nothing. Call ``activate()`` to connect and bind the tables::
+- ``tables/``: the DataJoint tables (recipes, experiments, trained models, scores, live workers);
+- ``jobs/``: one job's life in a worker (reserve, train, checkpoint, heartbeat, sweep, preempt);
+- ``server/``: connection settings, portable SQL, the private local MariaDB/PostgreSQL server;
+- ``cli/``: the ``v1fabrik`` commands, the demo, Slurm scripts.
+
+Imports point one way, ``cli -> jobs -> tables -> server``. Importing this package connects to
+nothing. Call ``activate()`` to connect and bind the tables::
 
     import schemas
     schemas.activate()            # prefix from $V1FABRIK_SCHEMA_PREFIX, else "v1fabrik_"
     from schemas import Model, Dataset, Trainer, Seed, TrainedModel
 """
 import os
+
+from . import tables
+from .server import connection
 
 DEFAULT_PREFIX = "v1fabrik_"
 _bound = {}
@@ -19,8 +28,6 @@ def resolve_prefix(prefix=None) -> str:
 
 def activate(prefix=None) -> str:
     """Connect to the database and bind every v1fabrik table under ``prefix``; returns the prefix."""
-    from . import connection, tables
-
     prefix = resolve_prefix(prefix)
     connection.connect()
     _bound.clear()

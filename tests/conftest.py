@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests that use ``db_prefix`` are marked ``db`` automatically.
+"""Shared fixtures. Tests that use a fixture of ``SERVER_FIXTURES`` are marked ``db`` automatically.
 
 ``db`` tests connect to the server that ``make test`` started (its ``datajoint.json`` and
 ``.secrets/`` in the repository root) or to ``DJ_HOST``. Without a server they fail, never skip;
@@ -10,9 +10,13 @@ import secrets
 import pytest
 
 
+# The test server (db_prefix) and the folder private servers are started in (tests/integration/test_foundation.py).
+SERVER_FIXTURES = {"db_prefix", "reachable_home"}
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "db_prefix" in getattr(item, "fixturenames", ()):
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)
 
 

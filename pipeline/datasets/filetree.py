@@ -9,9 +9,11 @@ Layout (one ``.npy`` per trial under ``data/``)::
 Each data folder is read once into one contiguous array (``FileTree.load``). Unlike the reference
 reader, nothing is ever written into the data folder: zips are extracted into a user cache folder.
 """
+import errno
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import tempfile
 import zipfile
@@ -19,11 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 
 logger = logging.getLogger(__name__)
 
 TRIAL_FIELDS = ("images", "responses", "behavior", "pupil_center")
-READ_THREADS = min(4, os.cpu_count() or 1)  # trial files are read in parallel; mostly page-cache copies
+BLOCK_BYTES = 4 << 20  # trial files are read and checked in blocks of about this size (they stay in cache)
 
 
 class DatasetFormatError(ValueError):
@@ -70,7 +73,11 @@ def resolve(path) -> Path:
 
 
 def _extract(zip_path: Path, target: Path) -> None:
-    """Extract into a temporary sibling folder, then rename, so no half-extracted tree remains."""
+    """Extract into a temporary sibling folder, then rename, so no half-extracted tree remains.
+
+    When another process extracted the same zip meanwhile, its complete ``target`` is kept and ours
+    discarded (the caller validates ``target`` either way).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
     logger.info("extracting %s into %s", zip_path, target)
@@ -80,12 +87,22 @@ def _extract(zip_path: Path, target: Path) -> None:
             if bad is not None:
                 raise DatasetFormatError(f"{zip_path} is corrupt (first bad member: {bad})")
             archive.extractall(tmp)
-        tmp.rename(target)
+        _publish(tmp, target)
     except zipfile.BadZipFile as err:
         raise DatasetFormatError(f"{zip_path} is not a readable zip file ({err})") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; if another process's rename won the race, keep its ``target``."""
+    try:
+        tmp.rename(target)
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        logger.info("%s was extracted by another process meanwhile; using that copy", target)
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -106,15 +123,8 @@ def _load_folder(folder: Path) -> AttrDict:
     return out
 
 
-def _stack_trials(folder: Path, n_trials: int) -> np.ndarray:
-    """Read ``folder/0.npy .. folder/<n-1>.npy`` into one contiguous array.
-
-    All files written by one ``np.save`` call share their header, so the header is parsed once and
-    each file is read with one ``readv`` straight into its row (plus the header, to compare, and one
-    byte more, to detect a longer file), by ``READ_THREADS`` threads; a file that differs is read
-    with ``np.load``.
-    """
-    first = folder / "0.npy"
+def _layout(first: Path):
+    """``(shape, fortran_order, dtype, header bytes)`` of the ``.npy`` file ``first``."""
     if not first.exists():
         raise DatasetFormatError(f"{first} is missing")
     with open(first, "rb") as fh:
@@ -126,41 +136,83 @@ def _stack_trials(folder: Path, n_trials: int) -> np.ndarray:
         prefix = fh.read(header)
     if dtype.hasobject:
         raise DatasetFormatError(f"{first} holds Python objects; only numeric arrays are supported")
-    out = np.empty((n_trials, *shape), dtype=dtype)
-    rows = out.reshape(n_trials, -1).view(np.uint8)  # each trial's bytes, filled in place
-    if fortran:  # the rows are C-ordered: such files go through np.load
-        odd = range(n_trials)
-    else:
-        bounds = np.linspace(0, n_trials, READ_THREADS * 4 + 1).astype(int)
-        with ThreadPoolExecutor(READ_THREADS) as pool:  # readv releases the GIL
-            chunks = pool.map(lambda b: _read_rows(folder, rows, range(*b), prefix, n_trials), zip(bounds, bounds[1:]))
-            odd = [k for chunk in chunks for k in chunk]
-    for k in odd:
-        path = folder / f"{k}.npy"
-        value = _load_npy(path)
-        if value.shape != tuple(shape):
-            raise DatasetFormatError(f"{path} has shape {value.shape}, but {first} has {tuple(shape)}")
-        out[k] = value
+    return tuple(shape), fortran, dtype, prefix
+
+
+def read_threads() -> int:
+    """How many threads read trial files: this process's torch thread budget, at most 4."""
+    return min(4, torch.get_num_threads())
+
+
+def _stack_trials(folder: Path, n_trials: int, reduce=None) -> np.ndarray:
+    """Read ``folder/0.npy .. folder/<n-1>.npy`` into one contiguous array, checked to be finite.
+
+    All files written by one ``np.save`` call share their header, so the header is parsed once and
+    each file is read with one ``readv`` (plus the header, to compare, and one byte more, to detect a
+    longer file), by ``read_threads()`` threads, in blocks of about ``BLOCK_BYTES``; a file that
+    differs is read with ``np.load``.
+
+    Args:
+        reduce: maps a block of trials (n, ...) to (n, ...) values to keep instead (e.g. smaller
+            images). Without it the files are read straight into the result's rows.
+    """
+    shape, fortran, dtype, prefix = _layout(folder / "0.npy")
+    block_rows = max(1, BLOCK_BYTES // max(1, dtype.itemsize * int(np.prod(shape))))
+    reduced = reduce(np.zeros((1, *shape), dtype)) if reduce else np.empty((1, *shape), dtype)
+    out = np.empty((n_trials, *reduced.shape[1:]), dtype=reduced.dtype)
+    threads = read_threads()
+    buffers = queue.SimpleQueue()  # one raw block per thread, reused (fresh memory costs page faults)
+    for _ in range(threads if reduce else 0):
+        buffers.put(np.empty((block_rows, *shape), dtype))
+
+    def read(start):
+        trials = range(start, min(start + block_rows, n_trials))
+        buffer = buffers.get() if reduce else None
+        try:
+            block = buffer[:len(trials)] if reduce else out[start:trials.stop]
+            _read_block(folder, block, trials, None if fortran else prefix, n_trials)
+            if reduce:
+                out[start:trials.stop] = reduce(block)
+        finally:
+            if reduce:
+                buffers.put(buffer)
+
+    with ThreadPoolExecutor(threads) as pool:  # readv and numpy's loops release the GIL
+        for _ in pool.map(read, range(0, n_trials, block_rows)):
+            pass
     return out
 
 
-def _read_rows(folder: Path, rows: np.ndarray, trials: range, prefix: bytes, n_trials: int) -> list:
-    """Read each trial file straight into its row; returns the trials whose file is not laid out like the first."""
-    head, extra, size = bytearray(len(prefix)), bytearray(1), len(prefix) + rows.shape[1]
-    odd = []
-    for k in trials:
+def _read_block(folder: Path, block: np.ndarray, trials: range, prefix, n_trials: int) -> None:
+    """Read ``trials`` into the rows of ``block``, then check that they are finite.
+
+    Files whose header is not ``prefix`` (all of them when it is None) go through ``np.load``.
+    """
+    flat = block.reshape(len(block), -1)
+    head, extra = bytearray(len(prefix or b"")), bytearray(1)
+    for row, k in zip(flat.view(np.uint8), trials):
         path = f"{folder}/{k}.npy"
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise DatasetFormatError(f"{path} is missing (expected trials 0..{n_trials - 1})") from None
-        try:
-            same = os.readv(fd, [head, rows[k], extra]) == size and head == prefix
-        finally:
-            os.close(fd)
-        if not same:
-            odd.append(k)
-    return odd
+        same = prefix is not None and _readv(path, [head, row, extra], n_trials) == len(head) + len(row)
+        if not (same and head == prefix):
+            value = _load_npy(Path(path))
+            if value.shape != block.shape[1:]:
+                raise DatasetFormatError(f"{path} has shape {value.shape}, but {folder / '0.npy'} has {block.shape[1:]}")
+            block[k - trials.start] = value
+    if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
+        bad = trials.start + int(np.flatnonzero(~np.isfinite(flat).all(axis=1))[0])
+        raise DatasetFormatError(f"{folder / f'{bad}.npy'} contains NaN or inf")
+
+
+def _readv(path: str, buffers: list, n_trials: int) -> int:
+    """``os.readv`` of the file at ``path`` into ``buffers``; the number of bytes read."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise DatasetFormatError(f"{path} is missing (expected trials 0..{n_trials - 1})") from None
+    try:
+        return os.readv(fd, buffers)
+    finally:
+        os.close(fd)
 
 
 class FileTree:
@@ -204,15 +256,24 @@ class FileTree:
             raise DatasetFormatError(f"{folder} is missing")
         return sum(1 for entry in os.scandir(folder) if entry.name.endswith(".npy"))
 
-    def load(self, field: str, memmap: bool = False) -> np.ndarray:
+    def layout(self, field: str):
+        """``(shape, dtype)`` of one trial of ``data/<field>`` (from the header of its first file)."""
+        shape, _, dtype, _ = _layout(self.path / "data" / field / "0.npy")
+        return shape, dtype
+
+    def load(self, field: str, memmap: bool = False, reduce=None) -> np.ndarray:
         """All trials of ``data/<field>`` as one array (n_trials, ...), validated.
 
-        With ``memmap``, the array is saved once as one ``.npy`` in the user cache (keyed by the
-        folder's path and modification times) and later loads memory-map it instead of reading
-        thousands of files.
+        Args:
+            memmap: save the array once as one ``.npy`` in the user cache (keyed by the folder's path
+                and modification times); later loads memory-map it instead of reading thousands of files.
+            reduce: keep ``reduce(block)`` of each block of trials (n, ...) instead of the raw values,
+                e.g. rescaled images, so the raw array is never held whole. Not with ``memmap``.
         """
+        if memmap and reduce:
+            raise ValueError("FileTree.load: reduce cannot be combined with memmap (the store holds raw values)")
         if not memmap:
-            return self._read(field)
+            return self._read(field, reduce)
         store = self._store_path(field)
         if not store.exists():
             values = self._read(field)
@@ -230,22 +291,19 @@ class FileTree:
         key = "|".join([str(self.path.resolve()), field, str(self.n_trials), *stamps])
         return cache_dir().parent / "stores" / hashlib.sha1(key.encode()).hexdigest()[:16] / f"{field}.npy"
 
-    def _read(self, field: str) -> np.ndarray:
+    def _read(self, field: str, reduce=None) -> np.ndarray:
         folder = self.path / "data" / field
         n_files = self.count(field)
         if n_files != self.n_trials:
             raise DatasetFormatError(
                 f"{folder} holds {n_files} trials but {self.path / 'meta/trials/tiers.npy'} lists {self.n_trials}"
             )
-        values = _stack_trials(folder, self.n_trials)
+        values = _stack_trials(folder, self.n_trials, reduce)
         if field == "responses" and values.shape[1:] != (self.n_neurons,):
             raise DatasetFormatError(
                 f"{folder} has responses of shape {values.shape[1:]}, but "
                 f"{self.path / 'meta/neurons/unit_ids.npy'} lists {self.n_neurons} neurons"
             )
-        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-            trial = int(np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))[0])
-            raise DatasetFormatError(f"{folder / f'{trial}.npy'} contains NaN or inf")
         return values
 
     def stat(self, field: str, name: str) -> np.ndarray:

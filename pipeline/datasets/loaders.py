@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
 
+from ..registry import register
 from ..utility.seeding import set_random_seed
 from ..validation import require_positive_ints
 from .filetree import AttrDict, FileTree
-from .transforms import BatchTransform
+from .transforms import BatchTransform, rescale
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +69,12 @@ class StaticDataset(Dataset):
         neurons: ``meta/neurons`` arrays restricted to (and ordered as) the selected response columns.
         trial_info: ``meta/trials`` arrays over all trials.
         statistics: ``meta/statistics`` as nested attribute dicts.
+        store: ``{field: array over all trials}``, raw, except images read through ``image_reduce``
+            (see ``FileTree.load``).
     """
 
-    def __init__(self, tree: FileTree, data_keys, transform: BatchTransform, memmap: bool = False):
+    def __init__(self, tree: FileTree, data_keys, transform: BatchTransform, memmap: bool = False,
+                 image_reduce=None):
         self.path = tree.path
         self.data_keys = tuple(data_keys)
         self.transform = transform
@@ -79,7 +83,8 @@ class StaticDataset(Dataset):
         self.statistics = tree.statistics
         self._len = tree.n_trials
         self.store = {
-            key: tree.trial_info[key][:, None] if key in tree.trial_info else tree.load(key, memmap)
+            key: tree.trial_info[key][:, None] if key in tree.trial_info
+            else tree.load(key, memmap, reduce=image_reduce if key == "images" else None)
             for key in self.data_keys
         }
 
@@ -170,6 +175,24 @@ def _tier_indices(tree, tier, image_ids, image_n, image_base_seed):
     return out
 
 
+def _rescale_on_read(tree: FileTree, scale):
+    """A ``FileTree.load`` reduce that rescales the images once, if they take less memory so; else None.
+
+    The rescale is the transform's own, image by image, so the batches are the same bit for bit; it
+    then costs once per job instead of once per epoch, and the full-size images are never held.
+    """
+    if scale is None:
+        return None
+    shape, dtype = tree.layout("images")
+    reduce = functools.partial(_rescale_block, scale=scale)
+    row = np.zeros((1, *shape), dtype)
+    return reduce if reduce(row).nbytes < row.nbytes else None
+
+
+def _rescale_block(images: np.ndarray, scale) -> np.ndarray:
+    return rescale(torch.from_numpy(images), scale).numpy()
+
+
 def static_loader(path, batch_size, *, areas=None, layers=None, tier=None, neuron_ids=None, neuron_n=None,
                   exclude_neuron_n=0, neuron_base_seed=None, image_ids=None, image_n=None, image_base_seed=None,
                   normalize=True, exclude=None, include_behavior=False, add_behavior_as_channels=True,
@@ -192,12 +215,13 @@ def static_loader(path, batch_size, *, areas=None, layers=None, tier=None, neuro
         if key not in ("behavior", "pupil_center") and key not in tree.trial_info:
             raise ValueError(f"include_trial_info_keys: {tree.path}/meta/trials/{key}.npy does not exist")
     neuron_idx = _select_neurons(tree, areas, layers, neuron_ids, neuron_n, exclude_neuron_n, neuron_base_seed)
+    rescale_on_read = None if memmap else _rescale_on_read(tree, scale)
     transform = BatchTransform(
         tree, data_keys, normalize=normalize, exclude=exclude, inputs_mean=inputs_mean, inputs_std=inputs_std,
         behavior_channels=bool(include_behavior and add_behavior_as_channels),
-        eye_channels=bool(add_eye_pos_as_channels), scale=scale, neuron_idx=neuron_idx,
+        eye_channels=bool(add_eye_pos_as_channels), scale=None if rescale_on_read else scale, neuron_idx=neuron_idx,
     )
-    dataset = StaticDataset(tree, data_keys, transform, memmap)
+    dataset = StaticDataset(tree, data_keys, transform, memmap, image_reduce=rescale_on_read)
     loaders = OrderedDict()
     for name, subset in _tier_indices(tree, tier, image_ids, image_n, image_base_seed).items():
         sampler = SubsetRandomSampler(subset) if name == "train" else SubsetSequentialSampler(subset)
@@ -206,6 +230,7 @@ def static_loader(path, batch_size, *, areas=None, layers=None, tier=None, neuro
     return (data_key_for(path, dataset.neurons), loaders) if get_key else loaders
 
 
+@register("dataset", aliases=["pipeline.datasets.static_loaders"])
 def static_loaders(paths, batch_size, seed=None, *, neuron_ids=None, image_ids=None, cuda=None,
                    overwrite_data_path=None, **config):
     """sensorium's dataset function: ``{tier: {data_key: DataLoader}}`` for one or more datasets.

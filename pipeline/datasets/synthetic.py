@@ -13,8 +13,8 @@ The model, per neuron n and trial t:
   ``z`` the drive standardised per neuron;
 - response = amplitude_n · Poisson(rate / amplitude_n · G), G ~ Gamma(k, 1/k) (overdispersed).
 
-Stimuli are 1/f^(2α) random-phase images (α ≈ 1) with varied contrast and luminance, uint8 0-255 at
-the declared resolution. Neuron responses are computed on a block-averaged copy (≈36×64), which is
+Stimuli are 1/f^(2α) random-phase images (α ≈ 1) with varied contrast and luminance, whole numbers
+0-255 at the declared resolution, stored as uint8 (or, with ``image_dtype``, as floats of the same values). Neuron responses are computed on a block-averaged copy (≈36×64), which is
 exact enough for RFs this smooth and keeps generation fast.
 
 Coordinates: ``rf_centers`` are in the stimulus' grid coordinates, ``[-1, 1]`` from the first to the
@@ -81,7 +81,7 @@ def to_core_grid(centers: np.ndarray, image_size, crop: int) -> np.ndarray:
 
 def generate(path, *, n_neurons, n_train, n_validation, n_test_images, n_repeats, image_size=(144, 256),
              seed=0, animal_id=None, session=1, scan_idx=1, overdispersion=3.0, spike_scale=1.0,
-             overwrite=False) -> Path:
+             image_dtype="uint8", overwrite=False) -> Path:
     """Write a synthetic static dataset into folder ``path`` and its ground truth beside it.
 
     Args:
@@ -91,6 +91,8 @@ def generate(path, *, n_neurons, n_train, n_validation, n_test_images, n_repeats
         animal_id: defaults to ``90000 + seed % 10000``, so different seeds give different data keys.
         overdispersion: the Gamma shape k of the trial-to-trial gain noise (larger is closer to Poisson).
         spike_scale: multiplies every neuron's gain, hence its expected spike count (larger: less noise).
+        image_dtype: the images' on-disk dtype, uint8 or a float type; the pixel values (and so the
+            responses and statistics) are the same in every dtype.
         overwrite: replace an existing dataset of the same name.
 
     Returns:
@@ -101,6 +103,9 @@ def generate(path, *, n_neurons, n_train, n_validation, n_test_images, n_repeats
         raise ValueError("generate: neuron, trial, image and size counts must all be positive")
     if not (overdispersion > 0 and spike_scale > 0):
         raise ValueError(f"generate: overdispersion ({overdispersion}) and spike_scale ({spike_scale}) must be positive")
+    image_dtype = np.dtype(image_dtype)
+    if image_dtype != np.uint8 and not np.issubdtype(image_dtype, np.floating):
+        raise ValueError(f"generate: image_dtype must be uint8 or a float type, not {image_dtype}")
     animal_id = 90000 + seed % 10000 if animal_id is None else animal_id
     out = Path(path) / f"static{animal_id}-{session}-{scan_idx}-Synthetic-s{seed}"
     if out.exists() and not overwrite:
@@ -135,7 +140,7 @@ def generate(path, *, n_neurons, n_train, n_validation, n_test_images, n_repeats
         "trial_idx": chronology[file_order].astype(np.int64),
     }
     data = {
-        "images": images[image_of_trial[file_order]][:, None],
+        "images": images[image_of_trial[file_order]][:, None].astype(image_dtype, copy=False),
         "responses": responses[file_order],
         "behavior": behavior[file_order].astype(np.float32),
         "pupil_center": pupil_center[file_order].astype(np.float32),
@@ -330,8 +335,8 @@ def _write(out, data, trials, meta_neurons, overwrite):
 
 def _statistics(field, values):
     """mean/std/min/max/median over train trials: scalars for images (exact, via a histogram), else per column."""
-    if field == "images":
-        counts = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    if field == "images":  # whole numbers 0-255 in every image dtype
+        counts = np.bincount(values.astype(np.uint8, copy=False).ravel(), minlength=256).astype(np.float64)
         levels = np.arange(256, dtype=np.float64)
         mean = counts @ levels / counts.sum()
         total = int(counts.sum())

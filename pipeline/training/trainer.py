@@ -7,6 +7,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from ..registry import register
 from ..utility import scores
 from ..utility.devices import move_to_device, resolve_device
 from ..utility.seeding import set_random_seed
@@ -66,6 +67,7 @@ def _choose(registry, name, what):
     return registry[name]
 
 
+@register("trainer", aliases=["pipeline.training.standard_trainer"])
 def standard_trainer(
     model,
     dataloaders,

@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from pipeline.registry import register
 from pipeline.utility.scores import get_correlations
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ class SimulatedCrash(RuntimeError):
     """Raised by quick_trainer to simulate a worker dying after a checkpoint."""
 
 
+@register("trainer")
 def quick_trainer(model, dataloaders, seed, uid=None, cb=None, epochs=2, lr=0.01, device="cpu",
                   resume_state=None, crash_after_epoch=None):
     """Poisson-loss Adam for ``epochs`` epochs; returns (validation correlation, history, state_dict)."""

@@ -7,12 +7,14 @@ The other functions break the function contracts on purpose.
 import os
 import time
 
+from pipeline.registry import register
 from tests.integration.fabrik_functions import quick_trainer
 
 # One line per training run: "<model_hash>-<seed> <pid> <first epoch>".
 START_LOG_ENV = "V1FABRIK_TEST_START_LOG"
 
 
+@register("trainer")
 def slow_trainer(model, dataloaders, seed, uid=None, cb=None, epoch_s=0.5, resume_state=None, **config):
     """``quick_trainer`` that sleeps ``epoch_s`` seconds inside every epoch (before its checkpoint)."""
     first = int(resume_state["epoch"]) + 1 if resume_state else 1
@@ -27,6 +29,7 @@ def slow_trainer(model, dataloaders, seed, uid=None, cb=None, epoch_s=0.5, resum
     return quick_trainer(model, dataloaders, seed, uid=uid, cb=slow_cb, resume_state=resume_state, **config)
 
 
+@register("trainer")
 def nan_trainer(model, dataloaders, seed, uid=None, cb=None):
     """A trainer whose loss is NaN: runs standard_trainer on a model whose weights are NaN."""
     from pipeline.training import standard_trainer
@@ -36,16 +39,19 @@ def nan_trainer(model, dataloaders, seed, uid=None, cb=None):
     return standard_trainer(model, dataloaders, seed, uid=uid, cb=cb, max_iter=1, verbose=False, device="cpu")
 
 
+@register("trainer")
 def list_trainer(model, dataloaders, seed, uid=None, cb=None):
     """Returns a list instead of (score, output, state_dict)."""
     return [0.5, {}]
 
 
+@register("dataset")
 def dict_dataset(seed=None):
     """Returns a list instead of {tier: {data_key: loader}}."""
     return [1, 2, 3]
 
 
+@register("model")
 def string_model(dataloaders, seed=None):
     """Returns a string instead of a torch module."""
     return "not a model"

@@ -19,8 +19,8 @@ import pytest
 
 from pipeline import builder
 from pipeline.datasets import synthetic
-from schemas import dbserver
-from schemas.status import report
+from schemas.server import local as dbserver
+from schemas.cli.status import report
 from tests.integration import fault_functions
 from tests.integration.test_pipeline import DATASET, MODEL, TINY_MODEL
 from tests.servers import client_env, free_port
@@ -226,12 +226,61 @@ def test_hostile_rows_are_refused_and_run_nothing(fabrik, tiny, tmp_path):
     errors = {(e["model_fn"], e["trainer_fn"]): e["error_message"] for e in
               (fabrik.TrainedModel.jobs.errors & (keys + [dotted_value])).to_dicts()}
     for fn in ("os.system", "subprocess.call", "pipeline.training.trainer.tqdm", "builtins.exec"):
-        assert errors[fn, SLOW].startswith("DisallowedFunctionError"), errors[fn, SLOW]
+        assert errors[fn, SLOW].startswith("UnregisteredFunctionError"), errors[fn, SLOW]
     assert "unknown loss_function 'os.system'" in errors[dotted_value["model_fn"], dotted_value["trainer_fn"]]
     assert not sentinel.exists()
     assert not fabrik.TrainedModel & (keys + [dotted_value])
     (fabrik.TrainedModel.jobs & (keys + [dotted_value])).delete()
     (fabrik.Model & keys).delete(prompt=False)
+
+
+WRONG_ROLE = [  # (table, function, the role it was given, what the one-line refusal says)
+    ("Dataset", "pipeline.datasets.synthetic.generate", "dataset", "registered for no role"),
+    ("Model", "pipeline.training.standard_trainer", "model", "registered as trainer"),
+    ("Dataset", "pipeline.datasets.synthetic._write", "dataset", "private"),
+    ("Trainer", "pipeline.utility.plots.training_history", "trainer", "registered for no role"),
+    ("Model", "pipeline.models.baseline_cnn.core_output_shape", "model", "register it with `@register('model')`"),
+]
+
+
+def _hostile_config(table, sentinel):
+    """A config that would write into ``sentinel`` (or fill the disk) if the function ever ran."""
+    if table == "Dataset":
+        return {"path": str(sentinel), "out": str(sentinel), "overwrite": True, "n_neurons": 10, "n_train": 10**9,
+                "n_validation": 1, "n_test_images": 1, "n_repeats": 1}
+    return {}
+
+
+def test_functions_of_another_role_are_refused_at_add_entry_and_at_populate(fabrik, tiny, tmp_path):
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    user = fabrik.Fabrikant.ensure_current_user()
+    good = {"Dataset": tiny[1], "Model": fabrik.Model().add_entry(MODEL, TINY_MODEL, skip_duplicates=True),
+            "Trainer": fabrik.Trainer().add_entry(SLOW, {"epochs": 1, "epoch_s": 0}, skip_duplicates=True)}
+    keys = []
+    for i, (table_name, fn, role, says) in enumerate(WRONG_ROLE):
+        table = getattr(fabrik, table_name)
+        with pytest.raises(builder.UnregisteredFunctionError) as refused:
+            table().add_entry(fn, _hostile_config(table_name, sentinel))
+        message = str(refused.value)
+        assert fn in message and f"not a {role} function" in message and says in message, message
+        assert "\n" not in message
+        assert not table & {f"{role}_fn": fn}
+        # The same row written behind the API's back (or by an older version without roles).
+        row = {f"{role}_fn": fn, f"{role}_hash": f"{i:032d}", f"{role}_config": _hostile_config(table_name, sentinel),
+               f"{role}_fabrikant": user}
+        table.insert1(row)
+        keys.append({**good, table_name: {k: row[k] for k in (f"{role}_fn", f"{role}_hash")}})
+    combos = [{**k["Dataset"], **k["Model"], **k["Trainer"], "seed": 1} for k in keys]
+    result = fabrik.TrainedModel.populate(combos, reserve_jobs=True, suppress_errors=True)
+    assert result["success_count"] == 0 and len(result["error_list"]) == len(WRONG_ROLE)
+    messages = (fabrik.TrainedModel.jobs.errors & combos).to_arrays("error_message")
+    assert len(messages) == len(WRONG_ROLE)
+    for (_, fn, role, says) in WRONG_ROLE:
+        assert any(m.startswith("UnregisteredFunctionError") and fn in m and says in m for m in messages), (fn, messages)
+    assert list(sentinel.iterdir()) == []  # nothing was written where the rows said
+    assert not fabrik.TrainedModel & combos and not fabrik.Checkpoint & combos
+    (fabrik.TrainedModel.jobs & combos).delete()
 
 
 def _broken_copy(base: Path, name: str, damage) -> str:

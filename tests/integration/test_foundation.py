@@ -84,7 +84,7 @@ def test_mariadb_up_twice_status_stale_pid_and_down(reachable_home):
         own.close()
         assert tuned == (2**30, 300, "utf8mb4_bin")
 
-        refused = subprocess.run([sys.executable, "-c", "import schemas.connection as c; c.connect()"],
+        refused = subprocess.run([sys.executable, "-c", "import schemas.server.connection as c; c.connect()"],
                                  cwd=reachable_home, env=client_env(DJ_PASS="wrong"),
                                  capture_output=True, text=True, timeout=120)
         assert f"refused user 'v1fabrik'" in refused.stderr.strip().splitlines()[-1]

@@ -3,7 +3,9 @@ import threading
 
 import datajoint as dj
 
-from schemas import recovery
+from schemas.jobs import recovery
+from schemas.server.connection import is_lock_conflict
+from schemas.tables.workers import TransientFailure
 
 
 def bump(connection, table, job_hash):
@@ -13,7 +15,7 @@ def bump(connection, table, job_hash):
 
 
 def test_a_real_deadlock_between_two_connections_is_a_lock_conflict(db_prefix):
-    table = recovery.TransientFailure()
+    table = TransientFailure()
     hashes = ("a" * 32, "b" * 32)
     table.insert([{"table_name": "Deadlock", "job_hash": h, "attempts": 0, "last_error": ""} for h in hashes])
     other = dj.Connection(dj.config["database.host"], dj.config["database.user"], dj.config["database.password"],
@@ -41,7 +43,7 @@ def test_a_real_deadlock_between_two_connections_is_a_lock_conflict(db_prefix):
     other.close()
 
     assert len(errors) == 1, errors
-    assert recovery.is_lock_conflict(errors[0]), repr(errors[0])
+    assert is_lock_conflict(errors[0]), repr(errors[0])
     assert recovery.is_transient(errors[0])
     assert table.to_arrays("attempts").tolist() == [0, 0]  # both transactions were rolled back
 
@@ -49,7 +51,7 @@ def test_a_real_deadlock_between_two_connections_is_a_lock_conflict(db_prefix):
 def test_the_worker_runs_a_pass_again_after_losing_a_lock_race(db_prefix, monkeypatch):
     import pymysql
 
-    from schemas.worker import Worker
+    from schemas.jobs.worker import Worker
 
     worker, passes = Worker(), []
 

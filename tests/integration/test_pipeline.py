@@ -17,10 +17,12 @@ from pipeline import builder
 from pipeline.datasets import synthetic
 from pipeline.training.checkpoints import state_from_arrays
 from pipeline.utility import scores
-from schemas import results, status
-from schemas.hashing import UnhashableConfigError
-from schemas.recipes import DuplicateEntryError
-from schemas.scoring import SCORE_TABLES
+from schemas.cli import status
+from schemas.cli.scores import format_scores
+from schemas.tables.scores import scores_frame
+from schemas.tables.hashing import UnhashableConfigError
+from schemas.tables.recipes import DuplicateEntryError
+from schemas.tables.scores import SCORE_TABLES
 from tests.integration import fabrik_functions
 
 HELPERS = fabrik_functions.__name__
@@ -80,7 +82,7 @@ def test_allowlist_refuses_at_add_entry_and_at_populate(fabrik, dataset_key):
     assert result["success_count"] == 0 and len(result["error_list"]) == 2
     messages = (fabrik.TrainedModel.jobs.errors & restriction).to_arrays("error_message")
     assert len(messages) == 2
-    assert all(m.startswith("DisallowedFunctionError") and "outside the allowed modules" in m for m in messages)
+    assert all(m.startswith("UnregisteredFunctionError") and "outside the allowed modules" in m for m in messages)
     assert "this" not in sys.modules
     assert not fabrik.TrainedModel & restriction and not fabrik.Checkpoint & restriction
     (fabrik.Model & restriction).delete(prompt=False)
@@ -188,14 +190,14 @@ def test_score_tables_equal_direct_scores_with_one_unit_insert(fabrik, dataset_k
             assert (table & key).fetch1(table.measure) == aggregate[table.__name__]
 
     # `v1fabrik scores`: the model's row carries the stored aggregates; CSV keeps them exactly.
-    frame = results.scores_frame()
+    frame = scores_frame()
     row = frame[(frame.seed == key["seed"]) & (frame.validation == (fabrik.TrainedModel & key).fetch1("score"))]
     assert len(row) == 1
     for table in SCORE_TABLES:
         stored = (table & key).fetch1(table.measure)
         assert row[table.measure].item() == stored or (np.isnan(stored) and np.isnan(row[table.measure].item()))
     numbers = ["seed", "validation"] + [table.measure for table in SCORE_TABLES]
-    from_csv = pd.read_csv(io.StringIO(results.format_scores(frame, "csv")))
+    from_csv = pd.read_csv(io.StringIO(format_scores(frame, "csv")))
     pd.testing.assert_frame_equal(from_csv[numbers], frame[numbers], check_dtype=False, check_exact=True)
 
 
@@ -209,7 +211,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(fabrik, dataset_key, c
     assert checkpoint["epoch"] == 1 and not fabrik.TrainedModel & key
 
     (fabrik.TrainedModel.jobs & key).delete()  # what an operator (or the sweeper) does with a dead job
-    with caplog.at_level(logging.INFO, logger="schemas.trained"):
+    with caplog.at_level(logging.INFO, logger="schemas.tables.trained"):
         result = fabrik.TrainedModel.populate(key, reserve_jobs=True)
     assert result["success_count"] == 1
     assert any("from its checkpoint at epoch 1" in r.getMessage() for r in caplog.records)

@@ -1,7 +1,7 @@
 """replace1 overwrites a row by its primary key on every backend (DataJoint's replace=True fails on PostgreSQL)."""
 import datajoint as dj
 
-from schemas.upsert import replace1
+from schemas.server.sql import replace1
 
 
 def test_replace1_inserts_then_overwrites_the_row_with_the_same_key(db_prefix):

@@ -2,7 +2,7 @@
 import numpy as np
 
 from pipeline.datasets import synthetic
-from schemas import cli
+from schemas.cli import main as cli
 
 
 def test_cli_starts_nothing_when_DJ_HOST_is_set(tmp_path, monkeypatch, caplog):

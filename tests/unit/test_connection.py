@@ -6,7 +6,7 @@ import sys
 import datajoint as dj
 import pytest
 
-from schemas import connection
+from schemas.server import connection
 from tests.servers import client_env, free_port
 
 
@@ -16,7 +16,7 @@ def run_python(code, cwd, **env):
 
 
 def test_importing_schemas_connects_to_nothing(tmp_path):
-    code = ("import schemas, schemas.cli, schemas.connection, schemas.dbserver, datajoint.connection as c;"
+    code = ("import schemas, schemas.cli.main, schemas.server.connection, schemas.server.local, datajoint.connection as c;"
             "assert not hasattr(c.conn, 'connection'), 'connected at import'")
     result = run_python(code, tmp_path, DJ_HOST="127.0.0.1", DJ_PORT=str(free_port()))
     assert result.returncode == 0, result.stderr
@@ -28,7 +28,7 @@ def test_unreachable_server_is_one_sentence_naming_host_and_port(tmp_path):
                         DJ_USER="someone", DJ_PASS="secret")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert lines[-1] == (f"schemas.connection.DatabaseUnavailable: Cannot reach the mysql server at 127.0.0.1:{port}: "
+    assert lines[-1] == (f"schemas.server.connection.DatabaseUnavailable: Cannot reach the mysql server at 127.0.0.1:{port}: "
                          "start the local server with `v1fabrik db up`, or set DJ_HOST/DJ_PORT to your lab's server")
     traceback = result.stderr[result.stderr.index("Traceback"):].strip().splitlines()
     assert len(traceback) <= 7 and "During handling" not in result.stderr

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from schemas import dbserver
+from schemas.server import local as dbserver
 
 
 @pytest.fixture

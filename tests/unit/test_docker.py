@@ -1,14 +1,17 @@
-"""The lab deployment files, checked without Docker: services, GPUs, start order, secrets, the image."""
+"""The lab deployment files, checked without Docker: services, GPUs, data, start order, secrets, the image, its version."""
 import ast
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -18,6 +21,7 @@ DOCKERFILE = (DOCKER / "Dockerfile").read_text()
 ENV_EXAMPLE = dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
                    if line and not line.startswith("#"))
 SECRET_NAME = re.compile(r"PASS|TOKEN|SECRET|KEY", re.IGNORECASE)
+COMMIT = "0123456789ab"
 
 
 def dockerfile_instruction(name):
@@ -28,7 +32,8 @@ def test_the_four_services():
     assert set(SERVICES) == {"db", "init", "worker", "notebook"}
     assert SERVICES["db"]["image"] == "mysql:8.0"
     for name in ("init", "worker", "notebook"):
-        assert SERVICES[name]["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
+        assert SERVICES[name]["build"] == {"context": "..", "dockerfile": "docker/Dockerfile",
+                                           "args": {"V1FABRIK_COMMIT": "${V1FABRIK_COMMIT:-unknown}"}}
 
 
 def test_db_is_configured_like_the_datajoint_image():
@@ -98,8 +103,10 @@ def test_no_secret_is_committed():
 
 def test_every_variable_compose_needs_is_in_the_env_example():
     text = (DOCKER / "docker-compose.yml").read_text()
-    used = set(re.findall(r"(?<!\$)\$\{(\w+)", text))
+    used = set(re.findall(r"(?<!\$)\$\{(\w+)", text)) - {"V1FABRIK_COMMIT"}  # given at each build, never stale in .env
     assert used <= set(ENV_EXAMPLE), used - set(ENV_EXAMPLE)
+    assert "V1FABRIK_COMMIT" not in ENV_EXAMPLE
+    assert "#   V1FABRIK_COMMIT=$(git rev-parse --short=12 HEAD) docker compose" in (DOCKER / ".env.example").read_text()
 
 
 def test_the_real_env_file_is_ignored_and_untracked():
@@ -109,13 +116,22 @@ def test_the_real_env_file_is_ignored_and_untracked():
     assert ignored.returncode == 0
 
 
-def test_image_keeps_the_base_torch_inside_the_pinned_range():
+def test_workers_read_the_datasets_where_the_notebook_writes_them():
+    assert "${DATA_DIR:-../data}:/data:ro" in SERVICES["worker"]["volumes"]
+    assert "${DATA_DIR:-../data}:/data" in SERVICES["notebook"]["volumes"]
+    assert SERVICES["notebook"]["environment"]["V1FABRIK_NOTEBOOK_DATA"].startswith("/data/")
+    assert ENV_EXAMPLE["DATA_DIR"] == "../data"
+
+
+def test_image_runs_the_torch_the_suite_tests():
     setup = ast.parse((ROOT / "setup.py").read_text())
     requirements = next(node for node in ast.walk(setup) if isinstance(node, ast.keyword) and node.arg == "install_requires")
     torch = next(Requirement(r.value) for r in requirements.value.elts if r.value.startswith("torch"))
     base = re.fullmatch(r"BASE_IMAGE=pytorch/pytorch:(\d+\.\d+\.\d+)-cuda[\d.]+-cudnn\d+-runtime",
                         dockerfile_instruction("ARG")[0])
     assert base and torch.specifier.contains(base.group(1)), (base, torch)
+    tested = re.search(r"^TORCH \?= torch==(\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert base.group(1) == tested.group(1), "the image's torch is not the one `make test` installs"
     assert dockerfile_instruction("FROM") == ["${BASE_IMAGE}"]
     (install,) = [line for line in DOCKERFILE.splitlines() if "pip install" in line]
     assert "--constraint /tmp/torch.txt . " in install and "jupyterlab" in install
@@ -148,3 +164,61 @@ def test_account_script_refuses_unusable_passwords_before_touching_mysql(passwor
     done = subprocess.run(["bash", str(DOCKER / "mysql-init" / "accounts.sh")], env=env, capture_output=True, text=True)
     assert done.returncode == 1
     assert "set V1FABRIK_ADMIN_PASSWORD in docker/.env" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def build_context(tmp_path_factory):
+    """A copy of what the Dockerfile's COPY lines put into the image, outside any git checkout."""
+    context = tmp_path_factory.mktemp("context")
+    for line in dockerfile_instruction("COPY"):
+        for source in line.split()[:-1]:
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, context / source, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(ROOT / source, context / source)
+    return context
+
+
+def setup_version(context, commit):
+    """``python setup.py --version`` in ``context`` with V1FABRIK_BUILD_COMMIT=``commit``."""
+    return subprocess.run([sys.executable, "setup.py", "--version"], cwd=context, capture_output=True, text=True,
+                          env={**os.environ, "V1FABRIK_BUILD_COMMIT": commit})
+
+
+def test_image_passes_the_commit_to_the_package_build():
+    assert DOCKERFILE.index("ARG V1FABRIK_COMMIT=unknown") > DOCKERFILE.index("FROM ")  # RUN sees ARGs after FROM only
+    (install,) = [line for line in DOCKERFILE.splitlines() if "pip install" in line]
+    assert 'V1FABRIK_BUILD_COMMIT="$V1FABRIK_COMMIT" pip install' in install
+
+
+@pytest.mark.parametrize("commit, version", [
+    ("", "0.1.0"),
+    (COMMIT, f"0.1.0+g{COMMIT}"),
+    (f"{COMMIT}.dirty", f"0.1.0+g{COMMIT}.dirty"),
+    ("unknown", "0.1.0+unknown"),
+])
+def test_package_version_names_the_build_commit(build_context, commit, version):
+    done = setup_version(build_context, commit)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == version == str(Version(version))  # PEP 440, unchanged by normalisation
+
+
+@pytest.mark.parametrize("commit", ["main", "0123abc; rm -rf /", "0123456789AB"])
+def test_package_build_refuses_what_is_not_a_commit(build_context, commit):
+    done = setup_version(build_context, commit)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"V1FABRIK_BUILD_COMMIT={commit!r} is not a git commit: use $(git rev-parse --short=12 HEAD), "
+        "optionally with .dirty, or unknown"]
+
+
+def test_installed_package_records_the_build_commit(build_context, tmp_path):
+    env = {**os.environ, "V1FABRIK_BUILD_COMMIT": COMMIT, "PIP_NO_INPUT": "1"}
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              "--no-index", "--target", tmp_path / "site", build_context],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    read = subprocess.run([sys.executable, "-c", "from importlib.metadata import version; print(version('v1fabrik'))"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+                          capture_output=True, text=True)
+    assert read.stdout.strip() == f"0.1.0+g{COMMIT}", read.stderr

@@ -1,7 +1,7 @@
-"""Experiment YAML files (schemas.experiment.load): accepted shape and one-line errors naming the problem."""
+"""Experiment YAML files (schemas.cli.experiment_file.load): accepted shape and one-line errors naming the problem."""
 import pytest
 
-from schemas.experiment import ExperimentFileError, load
+from schemas.cli.experiment_file import ExperimentFileError, load
 
 VALID = """
 name: demo

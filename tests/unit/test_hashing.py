@@ -1,11 +1,11 @@
-"""Canonical typed config hashing (schemas.hashing): same config, same key; different types, different keys."""
+"""Canonical typed config hashing (schemas.tables.hashing): same config, same key; different types, different keys."""
 import hashlib
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from schemas.hashing import UnhashableConfigError, canonical_json, config_hash
+from schemas.tables.hashing import UnhashableConfigError, canonical_json, config_hash
 
 SEED_MODEL_CONFIG = {
     "input_kern": 9, "hidden_kern": 7, "hidden_channels": 64, "layers": 4, "depth_separable": True,

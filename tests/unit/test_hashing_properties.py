@@ -8,7 +8,7 @@ import sys
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from schemas.hashing import UnhashableConfigError, config_hash
+from schemas.tables.hashing import UnhashableConfigError, config_hash
 
 
 
@@ -59,7 +59,7 @@ def test_unsupported_values_are_refused_at_any_depth_naming_the_place(config, na
 @settings(max_examples=10, deadline=None)
 @given(st.lists(json_configs, min_size=1, max_size=10))
 def test_hashes_are_the_same_in_a_fresh_process_with_another_hash_seed(batch):
-    script = "import json, sys; from schemas.hashing import config_hash; " \
+    script = "import json, sys; from schemas.tables.hashing import config_hash; " \
              "print(json.dumps([config_hash(c) for c in json.load(sys.stdin)]))"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     result = subprocess.run([sys.executable, "-c", script], input=json.dumps(batch), capture_output=True, text=True,

@@ -141,3 +141,20 @@ def test_per_pixel_image_statistics_are_not_looked_up(tiny):
     images = next(iter(loader)).images.double()
     raw = loader.dataset.store["images"][loader.sampler.indices[:8]].astype(np.float64)
     np.testing.assert_allclose(images.numpy(), (raw - mean) / 40.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32", "float64"])
+@pytest.mark.parametrize("scale", [0.25, 0.5])
+def test_images_rescaled_while_reading_give_the_per_batch_result_bit_for_bit(tmp_path, monkeypatch, dtype, scale):
+    monkeypatch.setenv("V1FABRIK_CACHE", str(tmp_path / "cache"))
+    path = generate(tmp_path, seed=4, image_dtype=dtype, **PRESETS["tiny"])
+    config = dict(batch_size=16, include_behavior=True, include_eye_position=True, scale=scale)
+    loaders = static_loaders([str(path)], **config)["test"]["90004-1-1"]
+    per_batch = static_loaders([str(path)], memmap=True, **config)["test"]["90004-1-1"]  # stores raw images
+    smaller = dtype != "uint8" or scale == 0.25  # rescaled float64 images take less memory than the raw ones
+    assert loaders.dataset.store["images"].shape[-2:] == ((18, 32) if smaller and scale == 0.5 else
+                                                          (9, 16) if smaller else (36, 64))
+    assert (loaders.dataset.transform.scale is None) == smaller
+    assert per_batch.dataset.store["images"].dtype == dtype and per_batch.dataset.transform.scale == scale
+    for a, b in zip(loaders, per_batch, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -47,10 +47,19 @@ def reference_loaders(path, batch_size, normalize=True, include_behavior=False, 
     return loaders
 
 
+def parity_dataset(folder, image_dtype="uint8"):
+    return str(generate(folder, n_neurons=30, n_train=21, n_validation=7, n_test_images=3, n_repeats=3,
+                        image_size=(144, 256), seed=5, image_dtype=image_dtype))
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return str(generate(tmp_path_factory.mktemp("parity"), n_neurons=30, n_train=21, n_validation=7,
-                        n_test_images=3, n_repeats=3, image_size=(144, 256), seed=5))
+    return parity_dataset(tmp_path_factory.mktemp("parity"))
+
+
+@pytest.fixture(scope="module", params=["float32", "float64"])
+def float_dataset(tmp_path_factory, request):
+    return parity_dataset(tmp_path_factory.mktemp(f"parity-{request.param}"), request.param)
 
 
 CONFIGS = [
@@ -64,8 +73,22 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "defaults")
+def config_id(config):
+    return ",".join(f"{k}={v}" for k, v in config.items()) or "defaults"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_batches_match_reference(dataset, config):
+    assert_matches_reference(dataset, config)
+
+
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2], CONFIGS[4]], ids=config_id)
+def test_float_images_match_reference(float_dataset, config):
+    assert_matches_reference(float_dataset, config)
+
+
+def assert_matches_reference(dataset, config):
+    """Every tier's batches equal the reference's to float32 resolution, in the same order."""
     ours = static_loaders([dataset], batch_size=8, **config)
     ref = reference_loaders(dataset, batch_size=8, **config)
     assert list(ours) == list(ref) == ["train", "validation", "test"]

@@ -3,6 +3,9 @@
 Relative errors: outputs are firing rates > 0, compared element by element; gradients are compared
 per tensor, relative to the tensor's largest reference magnitude.
 """
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,7 +14,9 @@ from pipeline.datasets.synthetic import generate
 from pipeline.models import stacked_core_full_gauss_readout
 from tests.unit.models_reference import SEED_CONFIG, reference_model
 
-CHECKPOINTS = "/work/shared/reference/checkpoints/"
+# shared/ lies beside the repository (in CI too); V1FABRIK_CHECKPOINTS points elsewhere.
+CHECKPOINTS = Path(os.environ.get("V1FABRIK_CHECKPOINTS")
+                   or Path(__file__).resolve().parents[3] / "shared" / "reference" / "checkpoints")
 # file: (animal, session, scan), neurons, include_behavior (4 input channels), shifter
 # (checkpoints/README.md). The checkpoints were trained at 36×64.
 CASES = {
@@ -28,6 +33,11 @@ def pair(request, tmp_path_factory):
     Both models are built by their builders for a synthetic dataset with the checkpoint's data key,
     neuron count and input channels.
     """
+    checkpoint = CHECKPOINTS / request.param
+    if not checkpoint.is_file():
+        pytest.fail(f"{checkpoint} not found: put shared/ beside the repository or set V1FABRIK_CHECKPOINTS to a "
+                    "folder with the SENSORIUM checkpoints (sinzlab/sensorium, "
+                    "notebooks/model_tutorial/model_checkpoints/pretrained/)", pytrace=False)
     (animal, session, scan), n_neurons, behavior, shifter = CASES[request.param]
     path = generate(tmp_path_factory.mktemp("data"), n_neurons=n_neurons, n_train=BATCH, n_validation=1,
                     n_test_images=1, n_repeats=1, image_size=(36, 64), animal_id=animal, session=session,
@@ -36,7 +46,7 @@ def pair(request, tmp_path_factory):
     data_key = f"{animal}-{session}-{scan}"
     assert list(loaders["train"]) == [data_key]
     config = dict(SEED_CONFIG, shifter=shifter, init_sigma=0.1, init_mu_range=0.3)
-    state = torch.load(CHECKPOINTS + request.param, map_location="cpu", weights_only=True)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     ours = stacked_core_full_gauss_readout(loaders, 42, **config)
     reference = reference_model(loaders, 42, **config)
     ours.load_state_dict(state, strict=True)

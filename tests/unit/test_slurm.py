@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from schemas import cli, slurm
+from schemas.cli import main as cli, slurm
 
 
 def directives(script):

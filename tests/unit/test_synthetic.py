@@ -146,3 +146,19 @@ def test_spike_scale_multiplies_expected_counts(tmp_path):
     base = rates_by_trial(generate(tmp_path / "a", seed=1, **PRESETS["tiny"]))
     strong = rates_by_trial(generate(tmp_path / "b", seed=1, spike_scale=4.0, **PRESETS["tiny"]))
     np.testing.assert_allclose(strong, 4 * base, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_images_can_be_stored_as_floats_of_the_same_values(tmp_path, dtype):
+    stored_as_uint8 = FileTree(generate(tmp_path / "a", seed=1, **PRESETS["tiny"]))
+    stored_as_float = FileTree(generate(tmp_path / "b", seed=1, image_dtype=dtype, **PRESETS["tiny"]))
+    images = stored_as_float.load("images")
+    assert images.dtype == dtype and np.array_equal(images, stored_as_uint8.load("images"))
+    assert np.array_equal(stored_as_float.load("responses"), stored_as_uint8.load("responses"))
+    for name, value in stored_as_uint8.statistics.images.all.items():
+        assert np.array_equal(stored_as_float.statistics.images.all[name], value), name
+
+
+def test_image_dtype_must_be_uint8_or_float(tmp_path):
+    with pytest.raises(ValueError, match="image_dtype must be uint8 or a float type, not int16"):
+        generate(tmp_path, seed=1, image_dtype="int16", **PRESETS["tiny"])

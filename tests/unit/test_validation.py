@@ -2,12 +2,13 @@
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
 from pipeline import builder
 from pipeline.validation import require_positive_ints
-from schemas import heartbeat, preemption, recovery
+from schemas.jobs import heartbeat, lifecycle, preemption, recovery
 
 
 @pytest.mark.parametrize("value, error, message", [
@@ -20,8 +21,9 @@ def test_sizes_must_be_positive_whole_numbers(value, error, message):
         require_positive_ints(layers=value)
 
 
-def test_sizes_accept_positive_ints_and_lists_of_them():
-    require_positive_ints(a=1, b=[3, 5], c=(7,))
+@pytest.mark.parametrize("value", [1, 7, [3, 5], (7,), np.int64(2), [np.int32(1), 4]])
+def test_sizes_accept_positive_ints_lists_of_them_and_numpy_ints(value):
+    assert require_positive_ints(layers=value) is None  # accepted: no error, nothing returned
 
 
 @pytest.mark.parametrize("result, message", [
@@ -114,9 +116,9 @@ def test_guard_reinstalls_our_handler_over_datajoints_and_restores_it(handlers):
 
 
 def test_checkpoints_come_after_the_first_epoch_then_at_most_every_interval_and_on_stop(monkeypatch):
-    monkeypatch.setenv(recovery.CHECKPOINT_ENV, "30")
+    monkeypatch.setenv(lifecycle.CHECKPOINT_ENV, "30")
     now = [100.0]
-    schedule = recovery.CheckpointSchedule(clock=lambda: now[0])
+    schedule = lifecycle.CheckpointSchedule(clock=lambda: now[0])
     assert schedule.due()
     schedule.written()
     now[0] = 129.9
@@ -125,10 +127,10 @@ def test_checkpoints_come_after_the_first_epoch_then_at_most_every_interval_and_
     now[0] = 130.0
     assert schedule.due()
 
-    monkeypatch.setenv(recovery.CHECKPOINT_ENV, "0")
-    every_epoch = recovery.CheckpointSchedule(clock=lambda: now[0])
+    monkeypatch.setenv(lifecycle.CHECKPOINT_ENV, "0")
+    every_epoch = lifecycle.CheckpointSchedule(clock=lambda: now[0])
     every_epoch.written()
     assert every_epoch.due()
-    monkeypatch.setenv(recovery.CHECKPOINT_ENV, "-1")
+    monkeypatch.setenv(lifecycle.CHECKPOINT_ENV, "-1")
     with pytest.raises(ValueError, match="V1FABRIK_CHECKPOINT_EVERY_S='-1' must be zero or more"):
-        recovery.CheckpointSchedule()
+        lifecycle.CheckpointSchedule()

@@ -3,7 +3,7 @@
 Generates a synthetic V1 dataset, registers the seed notebook's model, a dataset entry at scale
 0.25 and a short CPU trainer, two seeds, populates with two worker processes, prints the scores
 and writes figures (learned RF positions against the truth, per-neuron test correlations) to
-``demo_output/``. Run it with ``python -m schemas.demo`` after ``v1fabrik db up``.
+``demo_output/``. Run it with ``python -m schemas.cli.demo`` after ``v1fabrik db up``.
 """
 import argparse
 import logging
@@ -16,13 +16,12 @@ import numpy as np
 from pipeline.datasets import synthetic
 from pipeline.utility import ground_truth, plots
 
-from . import activate
-from .hashing import config_hash
-from .populate import populate
-from .recipes import Dataset, Experiment, Model, Seed, Trainer
-from .results import format_scores, scores_frame
-from .scoring import TestCorrelation
-from .trained import TrainedModel
+from .. import activate
+from ..jobs.populate import populate
+from ..tables import Dataset, Experiment, Model, Seed, TrainedModel, Trainer
+from ..tables.hashing import config_hash
+from ..tables.scores import TestCorrelation, scores_frame
+from .scores import format_scores
 
 logger = logging.getLogger(__name__)
 

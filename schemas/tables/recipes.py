@@ -1,10 +1,9 @@
-"""Who, seeds and the three recipe tables (Dataset, Model, Trainer), plus named experiments.
+"""Who, seeds and the three recipe tables (Dataset, Model, Trainer).
 
-A recipe row is a registered function (dotted import path, checked against the allowlist of
-:mod:`pipeline.builder`) and its config, keyed by ``(x_fn, x_hash)`` where ``x_hash`` is the
-canonical typed hash of :mod:`schemas.hashing`.
+A recipe row is a function registered for the table's role (:mod:`pipeline.registry`) and its
+config, keyed by ``(x_fn, x_hash)`` where ``x_hash`` is the canonical typed hash of
+:mod:`schemas.tables.hashing`.
 """
-import itertools
 import logging
 
 import datajoint as dj
@@ -18,6 +17,10 @@ logger = logging.getLogger(__name__)
 
 class DuplicateEntryError(ValueError):
     """A recipe with this function and config already exists."""
+
+
+class FabrikantConflict(ValueError):
+    """A fabrikant name is taken by another database user."""
 
 
 class Fabrikant(dj.Manual):
@@ -45,12 +48,23 @@ class Fabrikant(dj.Manual):
 
     @classmethod
     def ensure_current_user(cls) -> str:
-        """The current user's fabrikant name, registering the database user under its own name if needed."""
+        """The current user's fabrikant name, registering the database user under its own name if needed.
+
+        Refuses (FabrikantConflict) when that name already belongs to another database user, so that
+        nothing is ever attributed to somebody else.
+        """
         name = cls.get_current_user()
+        if name is not None:
+            return name
+        user = cls.database_user()
+        cls.insert1({"fabrikant_name": user[:32], "dj_username": user}, skip_duplicates=True)
+        name = cls.get_current_user()  # skip_duplicates: another process of ours may have won the insert
         if name is None:
-            name = cls.database_user()[:32]
-            cls.insert1({"fabrikant_name": name, "dj_username": cls.database_user()}, skip_duplicates=True)
-            logger.info("registered database user %r as fabrikant %r", cls.database_user(), name)
+            owner = (cls & {"fabrikant_name": user[:32]}).fetch1("dj_username")
+            raise FabrikantConflict(
+                f"fabrikant {user[:32]!r} belongs to database user {owner!r}, not to you ({user!r}): register "
+                f"yourself under a free name with Fabrikant.insert1({{'fabrikant_name': ..., 'dj_username': {user!r}}})")
+        logger.info("registered database user %r as fabrikant %r", user, name)
         return name
 
 
@@ -82,12 +96,12 @@ class _Recipe:
     def add_entry(self, fn, config, comment="", fabrikant=None, skip_duplicates=False) -> dict:
         """Register ``fn`` with ``config``; returns the key.
 
-        ``fn`` is a dotted path or the function itself; it must resolve under the allowlist.
+        ``fn`` is a dotted path or the function itself; it must be registered for this table's role.
         Raises DuplicateEntryError if the entry exists, unless ``skip_duplicates``.
         """
         r = self.role
         name = builder.fn_name(fn)
-        builder.resolve_fn(name)
+        builder.resolve_fn(name, r)
         if not isinstance(config, dict):
             raise TypeError(f"{r} config must be a dict of keyword arguments, got {type(config).__name__}")
         if len(comment) > 256:
@@ -143,48 +157,3 @@ class Trainer(_Recipe, dj.Manual):
         """The trainer function of ``key`` with its config bound."""
         fn, config = self.fn_config(key)
         return builder.get_trainer(fn, config)
-
-
-class Experiment(dj.Manual):
-    definition = """
-    # a named set of Dataset x Model x Trainer x Seed combinations that workers can be pointed at
-    experiment_name : varchar(64)
-    ---
-    -> Fabrikant.proj(experiment_fabrikant="fabrikant_name")
-    experiment_comment = "" : varchar(2000)
-    experiment_ts = CURRENT_TIMESTAMP : datetime
-    """
-
-    class Restriction(dj.Part):
-        definition = """
-        # one combination of the experiment
-        -> master
-        -> Dataset
-        -> Model
-        -> Trainer
-        -> Seed
-        """
-
-    def add(self, name, datasets, models, trainers, seeds, comment="", fabrikant=None) -> int:
-        """Register (idempotently) every combination of the given recipe keys and seeds; returns their count."""
-        self.insert1(
-            {
-                "experiment_name": name,
-                "experiment_fabrikant": fabrikant or Fabrikant.ensure_current_user(),
-                "experiment_comment": comment,
-            },
-            skip_duplicates=True,
-        )
-        rows = [
-            {"experiment_name": name, **d, **m, **t, "seed": s}
-            for d, m, t, s in itertools.product(datasets, models, trainers, seeds)
-        ]
-        self.Restriction.insert(rows, skip_duplicates=True)
-        return len(rows)
-
-    @classmethod
-    def combinations(cls, name):
-        """The Dataset x Model x Trainer x Seed keys of experiment ``name``, as a restriction."""
-        if not cls & {"experiment_name": name}:
-            raise ValueError(f"no experiment named {name!r}; register it first (v1fabrik register)")
-        return (cls.Restriction & {"experiment_name": name}).proj()

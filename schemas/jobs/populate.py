@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from . import activate
+from .. import activate
 
 logger = logging.getLogger(__name__)
 

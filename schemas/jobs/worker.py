@@ -1,24 +1,29 @@
 """A worker: trains pending TrainedModel keys and scores them, through DataJoint's job tables.
 
-Any number of workers on any number of machines may run at once; each key is reserved by
-exactly one of them (DataJoint's atomic job reservation). A failing job is recorded in the job
-table with its error and traceback, and the worker goes on with the next key.
+Any number of workers on any number of machines may run at once; each key is reserved by exactly
+one of them (DataJoint's atomic job reservation). Each worker refreshes the queue once a pass and
+then takes the pending keys in its own random order, one ``populate`` call per key, so that K
+workers do not all contend for the same first key and the database work per job stays the same
+whatever K. A failing job is recorded in the job table with its error and traceback, and the
+worker goes on with the next key.
 
-A worker heartbeats and takes over the jobs of dead workers; SIGTERM/SIGINT, transient errors
-and database outages put its job back in the queue instead of failing it (see
-:mod:`schemas.recovery`, :mod:`schemas.preemption`).
+A worker heartbeats (:mod:`.heartbeat`) and the sweeper takes over the jobs of dead workers
+(:mod:`.sweep`); SIGTERM/SIGINT, transient errors and database outages put its job back in the
+queue instead of failing it (:mod:`.preemption`, :mod:`.recovery`). A worker asked to stop
+reserves nothing new.
 """
-import functools
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 
-from . import activate, preemption, recovery
+from .. import activate
+from ..server.connection import is_connection_error, is_lock_conflict
+from ..tables import SCORE_TABLES, Experiment, TrainedModel
+from ..tables.jobtable import JobLost
+from . import lifecycle, preemption, recovery
 from .heartbeat import Heartbeat
-from .recipes import Experiment
-from .scoring import SCORE_TABLES
-from .trained import TrainedModel
+from .sweep import stale_reservations
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +55,9 @@ class Worker:
         activate()
         TrainedModel.device = self.device
         preemption.install()
-        heartbeat = Heartbeat(functools.partial(recovery.sweep, jobs=recovery.job_tables()), self.device).start()
+        hooks = lifecycle.install()
+        heartbeat = Heartbeat(self.device, on_lost=hooks.lost.set).start()
         recovery.release_own()  # a previous process with our pid may have died holding jobs
-        recovery.sweep(TrainedModel.connection, heartbeat.grace_s, recovery.job_tables())
         logger.info("worker on %s started%s", self.device or "the trainer's device",
                     f" for experiment {self.experiment!r}" if self.experiment else "")
         try:
@@ -65,7 +70,7 @@ class Worker:
         return self
 
     def _loop(self, interval_s):
-        while not self.preempted:
+        while not self._stopping():
             try:
                 did_work = self.run_once()
             except SystemExit as stop:  # DataJoint's own SIGTERM handler, outside our training guard
@@ -73,22 +78,21 @@ class Worker:
                 self.preempted = True
                 break
             except Exception as error:
-                if recovery.is_lock_conflict(error):  # e.g. two workers refreshing the job table at once
+                if is_lock_conflict(error):  # e.g. two workers refreshing the job table at once
                     logger.warning("lost a lock race with another worker (%s); trying again", error)
                     if TrainedModel.connection.in_transaction:
                         TrainedModel.connection.cancel_transaction()
                     time.sleep(random.uniform(0.1, 1.0))
                     continue
-                if not recovery.is_connection_error(error):
+                if not is_connection_error(error):
                     raise
                 recovery.wait_for_database()
                 logger.warning("%d job(s) back to pending after losing the database", recovery.release_own())
                 continue
-            self.preempted = self.preempted or preemption.requested()
-            if self.preempted or self._quota_left() == 0:
+            if self._stopping() or self._quota_left() == 0:
                 break
             if not did_work:
-                if recovery.stale_reservations(interval_s):  # a dead worker's jobs will be re-pended soon
+                if stale_reservations(interval_s):  # a dead worker's jobs will be re-pended soon
                     time.sleep(interval_s)
                     continue
                 if not self.wait:
@@ -100,19 +104,30 @@ class Worker:
         restriction = self._restriction()
         did_work = False
         if self._quota_left() != 0:
-            result = TrainedModel.populate(*restriction, reserve_jobs=True, suppress_errors=True, max_calls=self._quota_left(),
-                                           display_progress=True, return_exception_objects=True)
-            self.trained += result["success_count"] + self._settle(TrainedModel, result["error_list"])
-            did_work = bool(result["success_count"] or result["error_list"])
-        for key in self._unscored(restriction):
-            for table in SCORE_TABLES:
-                if self.preempted:
-                    return did_work
-                result = table.populate(key, *restriction, reserve_jobs=True, suppress_errors=True,
-                                        return_exception_objects=True)
-                self._settle(table, result["error_list"])
-                did_work = did_work or bool(result["success_count"] or result["error_list"])
+            did_work = self._populate(TrainedModel, restriction)
+        for table in SCORE_TABLES:
+            did_work = self._populate(table, restriction) or did_work
         return did_work
+
+    def _populate(self, table, restriction) -> bool:
+        """Refresh ``table``'s queue, then run its pending keys one by one in a random order; True if any ran."""
+        table.jobs.refresh(*restriction, delay=-1)
+        pending = table.jobs.pending & "scheduled_time <= CURRENT_TIMESTAMP(3)"
+        for condition in restriction:
+            pending = pending.restrict(condition, semantic_check=False)
+        keys = pending.keys()
+        random.shuffle(keys)
+        ran = False
+        for key in keys:
+            if self._stopping() or (table is TrainedModel and self._quota_left() == 0):
+                break
+            result = table.populate(key, reserve_jobs=True, refresh=False, suppress_errors=True,
+                                    return_exception_objects=True)
+            failed = self._settle(table, result["error_list"])
+            if table is TrainedModel:
+                self.trained += result["success_count"] + failed
+            ran = ran or bool(result["success_count"] or result["error_list"])
+        return ran
 
     def _settle(self, table, errors) -> int:
         """Hand back preempted jobs, retry transient failures, record the rest; returns how many failed for good."""
@@ -121,25 +136,19 @@ class Worker:
             if isinstance(error, preemption.Preempted):
                 recovery.hand_back(table, key)
                 self.preempted = True
+            elif isinstance(error, JobLost):
+                logger.warning("%s job %s: result dropped (%s)", table.__name__, key, error)
             elif not (recovery.is_transient(error) and recovery.retry_transient(table, key, error)):
                 self.failed.append((key, f"{type(error).__name__}: {error}"))
                 failed += 1
         return failed
+
+    def _stopping(self) -> bool:
+        self.preempted = self.preempted or preemption.requested()
+        return self.preempted
 
     def _quota_left(self):
         return None if self.max_jobs is None else max(self.max_jobs - self.trained, 0)
 
     def _restriction(self) -> tuple:
         return (Experiment.combinations(self.experiment),) if self.experiment else ()
-
-    @staticmethod
-    def _unscored(restriction) -> list:
-        """Keys of trained models that miss a row in some score table."""
-        trained = TrainedModel()
-        for condition in restriction:
-            trained = trained & condition
-        missing = {}
-        for table in SCORE_TABLES:
-            for key in (trained - table).keys():
-                missing[tuple(sorted(key.items()))] = key
-        return list(missing.values())

@@ -17,6 +17,12 @@ import datajoint as dj
 logger = logging.getLogger(__name__)
 
 REACH_TIMEOUT_S = 3
+# Client error codes of MySQL/MariaDB for a server that is gone or unreachable.
+MYSQL_CONNECTION_CODES = {2003, 2006, 2013, 2055}
+# A statement that lost a lock race with another worker (deadlock, lock wait timeout): MySQL/MariaDB
+# error codes and PostgreSQL SQLSTATEs (serialization_failure, deadlock_detected, lock_not_available).
+MYSQL_LOCK_CODES = {1205, 1213}
+POSTGRES_LOCK_STATES = {"40001", "40P01", "55P03"}
 
 
 class DatabaseUnavailable(ConnectionError):
@@ -64,3 +70,27 @@ def reachable(host: str, port: int, timeout: float = REACH_TIMEOUT_S) -> bool:
 def _reason(err: Exception) -> str:
     text = " ".join(str(err).split())
     return text[:200] or type(err).__name__
+
+
+def private_connection() -> dj.Connection:
+    """A second connection with DataJoint's settings, for a thread that must not share the main one."""
+    config = dj.config
+    return dj.Connection(config["database.host"], config["database.user"], config["database.password"],
+                         None, config["database.use_tls"])
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """True for a lost or refused database connection, from DataJoint or the MySQL/PostgreSQL driver."""
+    if isinstance(error, (dj.errors.LostConnectionError, ConnectionError)):
+        return True
+    module = type(error).__module__ or ""
+    if module.startswith("pymysql") and type(error).__name__ in ("OperationalError", "InterfaceError"):
+        return not error.args or error.args[0] in MYSQL_CONNECTION_CODES
+    return module.startswith("psycopg") and type(error).__name__ in ("OperationalError", "InterfaceError")
+
+
+def is_lock_conflict(error: BaseException) -> bool:
+    """True when the server rolled the statement back because it lost a lock race; running it again is safe."""
+    if (type(error).__module__ or "").startswith("pymysql"):
+        return bool(error.args) and error.args[0] in MYSQL_LOCK_CODES
+    return getattr(error, "pgcode", None) in POSTGRES_LOCK_STATES

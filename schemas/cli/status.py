@@ -1,7 +1,7 @@
 """``v1fabrik status``: how far populate is, per table, live workers, stale reservations, latest errors."""
-from . import heartbeat, recovery
-from .scoring import SCORE_TABLES
-from .trained import TrainedModel
+from ..jobs import heartbeat
+from ..jobs.sweep import stale_reservations
+from ..tables import SCORE_TABLES, LiveWorker, TrainedModel
 
 COLUMNS = ("table", "to do", "pending", "reserved", "error", "done")
 
@@ -34,11 +34,11 @@ def report(limit=5) -> str:
     widths = [max(len(str(c)), *(len(str(r[c])) for r in rows)) for c in COLUMNS]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(COLUMNS, widths))]
     lines += ["  ".join(str(r[c]).ljust(w) for c, w in zip(COLUMNS, widths)) for r in rows]
-    workers = heartbeat.LiveWorker.to_dicts(order_by="started")
+    workers = LiveWorker.to_dicts(order_by="started")
     lines.append(f"\nlive workers: {len(workers)}")
     lines += [f"  {w['host']}:{w['pid']} on {w['device'] or 'default device'}, started {w['started']}, "
               f"last beat {w['last_beat']}" for w in workers]
-    stale = recovery.stale_reservations(heartbeat.timing()[0])
+    stale = stale_reservations(heartbeat.timing()[0])
     if stale:
         lines.append("stale reservations (back to pending once the grace period has passed):")
         lines += [f"  {table} {key} on {host}:{pid}, last beat {beat}" for table, key, host, pid, beat in stale]

@@ -1,8 +1,9 @@
-"""Model functions registered in the pipeline: ``model_fn(dataloaders, seed, **config) -> nn.Module``."""
+"""The SENSORIUM baseline CNN's model function: ``model_fn(dataloaders, seed, **config) -> nn.Module``."""
 import copy
 
 import torch
 
+from ..registry import register
 from ..utility.seeding import set_random_seed
 from ..validation import require_positive_ints
 from .cores import Stacked2dCore
@@ -28,6 +29,7 @@ def core_output_shape(core, input_shape):
     return tuple(shape)
 
 
+@register("model", aliases=["pipeline.models.stacked_core_full_gauss_readout"])
 def stacked_core_full_gauss_readout(
     dataloaders,
     seed,

@@ -1,11 +1,12 @@
-"""TrainedModel: one trained model per Dataset x Model x Trainer x Seed, with its weights and checkpoints.
+"""TrainedModel: one trained model per Dataset x Model x Trainer x Seed, with its weights and checkpoint.
 
-Training runs in ``make_compute`` with no open transaction. After the first epoch, and then at most
-every ``$V1FABRIK_CHECKPOINT_EVERY_S`` seconds (``recovery.CheckpointSchedule``), the trainer's
-callback replaces the key's single ``Checkpoint`` row (autocommitted), so a job that dies resumes
-from its last checkpointed epoch; ``make_insert`` writes the result and weights and deletes the checkpoint
-in one transaction.
+Training runs in ``make_compute`` with no open transaction. The trainer's callback hands each epoch's
+checkpoint to the process's :class:`TrainingHooks`, which decide when to write it (the key's single
+``Checkpoint`` row, autocommitted) and when to stop, so a job that dies resumes from its last
+checkpointed epoch; ``make_insert`` writes the result and weights and deletes the checkpoint in one
+transaction, and only while this process still holds the job's reservation.
 """
+import contextlib
 import functools
 import inspect
 import logging
@@ -22,10 +23,31 @@ import torch
 from pipeline import builder
 from pipeline.training.checkpoints import state_from_arrays, state_to_arrays
 
-from . import preemption, recovery
+from ..server.sql import atomic, replace1
+from .jobtable import JobLost, OwnedJobs
 from .recipes import Dataset, Fabrikant, Model, Seed, Trainer
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingHooks:
+    """How a training job meets the process that runs it. This default (a notebook's ``populate()``)
+    trains straight through and writes every epoch's checkpoint; a worker installs its own
+    (:mod:`schemas.jobs.lifecycle`): signal handling, a checkpoint schedule, outages survived, and
+    stopping a job that it lost to a sweep.
+    """
+
+    def guard(self):
+        """Context around one job's training."""
+        return contextlib.nullcontext()
+
+    def epoch_done(self, save) -> None:
+        """After each epoch: ``save()`` writes the checkpoint; may raise to stop the job."""
+        save()
+
+    def before_insert(self) -> None:
+        """The result is in memory; called before make_insert."""
+
 
 def _plain(obj):
     """Tensors in a nested dict/list/tuple as numpy arrays, so a trainer's output is storable as ``<blob>``."""
@@ -45,24 +67,29 @@ def weights_to_numpy(state_dict) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """``<package version>+g<commit>[.dirty]`` of the installed v1fabrik, or the version alone outside git."""
+    """``<package version>+g<commit>[.dirty]`` of the running v1fabrik.
+
+    From a git checkout the commit is git's; an installed copy (a Docker image) carries the commit it
+    was built from in its package version already (``V1FABRIK_BUILD_COMMIT`` in setup.py).
+    """
     try:
         version = metadata.version("v1fabrik")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    repo = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve()
 
     def git(*args):
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", *args], cwd=here.parent, capture_output=True, text=True, timeout=10)
 
     try:
-        commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        tracked = git("ls-files", "--error-unmatch", here.name).returncode == 0
+        commit = git("rev-parse", "--short=12", "HEAD").stdout.strip() if tracked else ""
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip()) if tracked else False
     except (OSError, subprocess.SubprocessError):
         return version
     if not commit:
         return version
-    return f"{version}+g{commit}{'.dirty' if dirty else ''}"
+    return f"{version.split('+')[0]}+g{commit}{'.dirty' if dirty else ''}"
 
 
 def _accepts(fn, name) -> bool:
@@ -85,7 +112,7 @@ class Checkpoint(dj.Manual):
     """
 
 
-class TrainedModel(dj.Computed):
+class TrainedModel(OwnedJobs, dj.Computed):
     definition = """
     # a trained model: score, training history and provenance; weights in the part table
     -> Dataset
@@ -106,6 +133,7 @@ class TrainedModel(dj.Computed):
 
     # Device used by make_compute; the worker sets it (None: the trainer config decides).
     device = None
+    hooks = TrainingHooks()
 
     class Weights(dj.Part):
         definition = """
@@ -124,13 +152,18 @@ class TrainedModel(dj.Computed):
             recipes.append((table & key).fetch1(f"{r}_fn", f"{r}_config", f"{r}_comment"))
         return (*recipes, key["seed"])
 
-    @preemption.guarded
     def make_compute(self, key, dataset, model, trainer, seed):
         """Build data and model, train (resuming from a checkpoint), return the result. No transaction."""
+        with self.hooks.guard():
+            result = self._train(key, dataset, model, trainer, seed)
+        self.hooks.before_insert()
+        return result
+
+    def _train(self, key, dataset, model, trainer, seed):
         (dataset_fn, dataset_config, _), (model_fn, model_config, _), (trainer_fn, trainer_config, _) = dataset, model, trainer
-        trainer_fn = builder.resolve_fn(trainer_fn)
-        for name in (dataset_fn, model_fn):
-            builder.resolve_fn(name)
+        for name, role in ((dataset_fn, "dataset"), (model_fn, "model")):
+            builder.resolve_fn(name, role)  # every name is checked before anything is called
+        trainer_fn = builder.resolve_fn(trainer_fn, "trainer")
         dataloaders, net = builder.get_all_parts(dataset_fn, dataset_config, model_fn, model_config, seed=seed)
         kwargs = dict(trainer_config)
         if self.device is not None and _accepts(trainer_fn, "device"):
@@ -143,28 +176,34 @@ class TrainedModel(dj.Computed):
             else:
                 logger.warning("%s has a checkpoint but its trainer takes no resume_state; starting over", _describe(key))
 
-        schedule = recovery.CheckpointSchedule()
-
-        def save_checkpoint(epoch=None, state=None, **_):
-            if state is not None and schedule.due(stopping=preemption.requested()):
-                row = {**key, "epoch": epoch, "state": state_to_arrays(state), "checkpoint_host": socket.gethostname()}
-                if recovery.write_checkpoint(Checkpoint, row):
-                    schedule.written()
-            preemption.checkpoint_reached()
+        def epoch_done(epoch=None, state=None, **_):
+            if state is not None:
+                self.hooks.epoch_done(functools.partial(self._save_checkpoint, key, epoch, state))
 
         start = time.time()
-        result = trainer_fn(model=net, dataloaders=dataloaders, seed=seed, uid=key, cb=save_checkpoint, **kwargs)
+        result = trainer_fn(model=net, dataloaders=dataloaders, seed=seed, uid=key, cb=epoch_done, **kwargs)
         score, output, state_dict = builder.check_trainer_result(trainer[0], result)
         duration = time.time() - start
-        recovery.wait_for_database()  # the result is in memory: keep it through a database restart
         if not np.isfinite(score):
             raise ValueError(f"trainer {trainer[0]} returned a non-finite score {score} for {_describe(key)}")
         device = str(next(net.parameters(), torch.empty(0)).device)
         comment = ".".join(recipe[2] for recipe in (trainer, model, dataset))[:800]
         return score, _plain(output), weights_to_numpy(state_dict), comment, device, duration
 
+    def _save_checkpoint(self, key, epoch, state) -> None:
+        """Replace ``key``'s checkpoint, unless this process reserved the job and no longer holds it (JobLost)."""
+        row = {**key, "epoch": epoch, "state": state_to_arrays(state), "checkpoint_host": socket.gethostname()}
+        with atomic(self.connection):
+            self._check_held(key)
+            replace1(Checkpoint, row)
+
+    def _check_held(self, key) -> None:
+        if self.jobs.reserved_here(key) and not self.jobs.holds(key, lock=True):
+            raise JobLost(f"{_describe(key)} was handed to another worker after this one was declared dead")
+
     def make_insert(self, key, score, output, weights, comment, device, duration):
-        """Write the result and weights and drop the checkpoint, in make's transaction."""
+        """Write the result and weights and drop the checkpoint, in make's transaction, if the job is still ours."""
+        self._check_held(key)
         self.insert1(
             {
                 **key,

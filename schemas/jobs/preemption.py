@@ -7,16 +7,16 @@ returns the job to ``pending`` and exits 0. If no checkpoint comes within
 is raised at once and the job resumes from its previous checkpoint.
 
 DataJoint's distributed populate installs its own SIGTERM handler (which marks the job
-``error``); :func:`guard` puts ours back for the duration of the training.
+``error``); :func:`guard` puts ours back for the duration of the training. A worker asked to stop
+reserves no new job (:mod:`.worker`).
 """
 import contextlib
-import functools
 import logging
 import signal
 import threading
 import _thread
 
-from .envsettings import seconds
+from .settings import seconds
 
 logger = logging.getLogger(__name__)
 
@@ -78,17 +78,6 @@ def guard():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def guarded(method):
-    """Decorator: run ``method`` under :func:`guard`."""
-
-    @functools.wraps(method)
-    def run(*args, **kwargs):
-        with guard():
-            return method(*args, **kwargs)
-
-    return run
 
 
 def cancel_deadline() -> None:

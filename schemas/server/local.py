@@ -34,6 +34,7 @@ SERVER_PROGRAMS = {"mariadb": ("mariadbd", "mysqld"), "postgresql": ("postgres",
 USER = "v1fabrik"
 HOST = "127.0.0.1"
 PG_OS_USER = "postgres"  # PostgreSQL refuses to run as root; as root we run it as this user
+MARKER_SUFFIX = ".v1fabrik"  # beside a data folder v1fabrik created: data.v1fabrik
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 60
 
@@ -129,8 +130,17 @@ def server(backend: str = "mariadb", home: Path | None = None, port: int | None 
 
 
 def up(srv: Server, workdir: Path | None = None) -> dict:
-    """Start ``srv`` unless it runs already; write the client config into ``workdir``; return the settings."""
+    """Start ``srv`` unless it runs already on its port; write the client config into ``workdir``; return the settings.
+
+    A server of this folder running on another port (say the demo's on 3307, when CI asks for another)
+    is restarted on the asked one, so that the commands work whatever ran before them.
+    """
     state = srv.running()
+    if state and state["port"] != srv.port:
+        logger.info("The %s server runs on port %d; restarting it on port %d as asked.", srv.backend,
+                    state["port"], srv.port)
+        down(srv)
+        state = None
     if state:
         logger.info("The %s server is already running (pid %d).", srv.backend, state["pid"])
     else:
@@ -279,10 +289,19 @@ def _enterable(path: Path, account) -> bool:
 
 @contextlib.contextmanager
 def _fresh_folder(folder: Path):
-    """Create an empty private ``folder`` for a server to initialise; remove it again if that fails."""
-    if folder.exists():
+    """Create an empty private ``folder`` for a server to initialise; remove it again if that fails.
+
+    A folder left half-initialised by an earlier failure carries our marker file beside it and is
+    replaced; a non-empty folder without the marker was not made by v1fabrik and is never deleted.
+    """
+    marker = folder.with_name(folder.name + MARKER_SUFFIX)
+    if folder.exists() and any(folder.iterdir()):
+        if not marker.exists():
+            raise ServerError(f"{folder} is not empty and was not created by v1fabrik: move it away, "
+                              "or set V1FABRIK_HOME to another folder")
         shutil.rmtree(folder)  # a half-initialised folder from an earlier failure
-    folder.mkdir(mode=0o700, parents=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    marker.write_text("created by v1fabrik db up; the folder beside this file may be deleted by it\n")
     try:
         yield
     except BaseException:

@@ -1,4 +1,5 @@
-"""Per-neuron test metrics of every TrainedModel, from :mod:`pipeline.utility.scores`.
+"""Per-neuron test metrics of every TrainedModel, from :mod:`pipeline.utility.scores`, and
+:func:`scores_frame`, one row per trained model with every aggregate.
 
 Each score table has a master row (the aggregate, as the scores function defines it) and a
 ``Unit`` part with one row per neuron ``(data_key, unit_id, value)``; all unit rows of a model
@@ -10,9 +11,13 @@ import logging
 
 import datajoint as dj
 import numpy as np
+import pandas as pd
 
 from pipeline.utility import scores
 
+from .experiment import Experiment
+from .jobtable import OwnedJobs
+from .recipes import Dataset, Model, Trainer
 from .trained import TrainedModel
 
 logger = logging.getLogger(__name__)
@@ -21,13 +26,17 @@ TIER = "test"
 
 
 class _ModelCache:
-    """The last few ``(dataloaders, model)`` loaded, so the score tables of one key load it once."""
+    """The last few ``(dataloaders, model)`` loaded, so the score tables of one trained model load it once.
+
+    Keyed by the TrainedModel row (its key, timestamp and measured training time, which no two trainings
+    share): a model deleted and trained again is loaded anew.
+    """
 
     def __init__(self, size=2):
         self.size, self.items = size, collections.OrderedDict()
 
     def load(self, key):
-        cache_key = tuple(sorted(key.items()))
+        cache_key = (*sorted(key.items()), *(TrainedModel & key).fetch1("trainedmodel_ts", "duration"))
         if cache_key not in self.items:
             self.items[cache_key] = TrainedModel().load_model(key)
             while len(self.items) > self.size:
@@ -103,7 +112,7 @@ class _ScoreTable:
         self.Unit.insert([{**key, **unit} for unit in units])
 
 
-class TestCorrelation(_ScoreTable, dj.Computed):
+class TestCorrelation(_ScoreTable, OwnedJobs, dj.Computed):
     __test__ = False  # not a pytest test class
     measure = "test_correlation"
     score_fn = staticmethod(scores.get_correlations)
@@ -113,7 +122,7 @@ class TestCorrelation(_ScoreTable, dj.Computed):
         definition = _unit_definition("test_correlation")
 
 
-class CorrelationToAverage(_ScoreTable, dj.Computed):
+class CorrelationToAverage(_ScoreTable, OwnedJobs, dj.Computed):
     measure = "correlation_to_average"
     score_fn = staticmethod(scores.get_signal_correlations)
     definition = _definition(measure, "correlation of predictions with responses averaged over repeats")
@@ -122,7 +131,7 @@ class CorrelationToAverage(_ScoreTable, dj.Computed):
         definition = _unit_definition("correlation_to_average")
 
 
-class FEVE(_ScoreTable, dj.Computed):
+class FEVE(_ScoreTable, OwnedJobs, dj.Computed):
     measure = "feve"
     score_fn = staticmethod(scores.get_fev)
     definition = _definition(measure, "fraction of explainable variance explained (mean over neurons with FEV >= 0.15)")
@@ -131,7 +140,7 @@ class FEVE(_ScoreTable, dj.Computed):
         definition = _unit_definition("feve")
 
 
-class OracleCorrelation(_ScoreTable, dj.Computed):
+class OracleCorrelation(_ScoreTable, OwnedJobs, dj.Computed):
     measure = "oracle_correlation"
     definition = _definition(measure, "jackknife oracle correlation of the data (model-independent)")
 
@@ -146,7 +155,7 @@ class OracleCorrelation(_ScoreTable, dj.Computed):
         )
 
 
-class FractionOracle(_ScoreTable, dj.Computed):
+class FractionOracle(_ScoreTable, OwnedJobs, dj.Computed):
     measure = "fraction_oracle"
     definition = _definition(measure, "fraction of oracle: slope of test correlation against oracle; per neuron the ratio")
 
@@ -163,3 +172,23 @@ class FractionOracle(_ScoreTable, dj.Computed):
 
 
 SCORE_TABLES = (TestCorrelation, CorrelationToAverage, FEVE, OracleCorrelation, FractionOracle)
+
+SCORE_COLUMNS = ["dataset", "model", "trainer", "seed", "validation", "test_correlation",
+                 "correlation_to_average", "feve", "oracle_correlation", "fraction_oracle"]
+
+
+def scores_frame(experiment=None) -> pd.DataFrame:
+    """Trained models (of ``experiment``, if given) with the aggregate of every score table; NaN where not scored yet."""
+    trained = TrainedModel.proj("score")
+    if experiment is not None:
+        trained = trained & Experiment.combinations(experiment)
+    query = (trained * Dataset.proj("dataset_comment") * Model.proj("model_comment")
+             * Trainer.proj("trainer_comment"))
+    frame = query.to_pandas()
+    if frame.empty:
+        return pd.DataFrame(columns=SCORE_COLUMNS)
+    for table in SCORE_TABLES:
+        frame = frame.join(table.proj(table.measure).to_pandas(), how="left")
+    frame = frame.reset_index().rename(columns={"dataset_comment": "dataset", "model_comment": "model",
+                                                "trainer_comment": "trainer", "score": "validation"})
+    return frame[SCORE_COLUMNS].sort_values(["dataset", "model", "trainer", "seed"], ignore_index=True)

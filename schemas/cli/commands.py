@@ -1,10 +1,22 @@
-"""The pipeline's ``v1fabrik`` subcommands: add, register, init, worker, populate, status, scores, demo.
+"""The pipeline's ``v1fabrik`` subcommands: synth, add, register, init, worker, populate, status, scores.
 
 Each ``_add_<name>(commands)`` adds a subparser whose ``run(args)`` calls the layer below.
 """
 import json
 import logging
 from pathlib import Path
+
+import yaml
+
+from pipeline.datasets import synthetic
+
+from .. import activate, tables
+from ..jobs.populate import populate
+from ..jobs.worker import Worker
+from ..tables.scores import scores_frame
+from . import experiment_file
+from .scores import format_scores
+from .status import report
 
 logger = logging.getLogger(__name__)
 
@@ -17,8 +29,6 @@ def _config(text: str) -> dict:
             raise FileNotFoundError(f"config file {path} does not exist")
         if path.suffix == ".json":
             return json.loads(path.read_text())
-        import yaml
-
         return yaml.safe_load(path.read_text())
     try:
         return json.loads(text)
@@ -41,35 +51,30 @@ def _add_add(commands):
 
 
 def _run_add(args) -> int:
-    import schemas
-
-    schemas.activate()
-    table = {"dataset": schemas.Dataset, "model": schemas.Model, "trainer": schemas.Trainer}[args.kind]
+    activate()
+    table = {"dataset": tables.Dataset, "model": tables.Model, "trainer": tables.Trainer}[args.kind]
     key = table().add_entry(args.fn, _config(args.config), comment=args.comment, skip_duplicates=True)
     print(json.dumps(key))
     return 0
 
 
 def _run_add_seed(args) -> int:
-    import schemas
-
-    schemas.activate()
-    schemas.Seed.insert([{"seed": s} for s in args.seeds], skip_duplicates=True)
+    activate()
+    tables.Seed.insert([{"seed": s} for s in args.seeds], skip_duplicates=True)
     return 0
 
 
 def _add_register(commands):
     register = commands.add_parser("register", help="register the recipes, seeds and experiment of a YAML file")
     register.add_argument("file")
+    register.add_argument("--join", action="store_true",
+                          help="add to an experiment of the same name that somebody else made")
     register.set_defaults(run=_run_register)
 
 
 def _run_register(args) -> int:
-    import schemas
-    from . import experiment
-
-    schemas.activate()
-    result = experiment.register(args.file)
+    activate()
+    result = experiment_file.register(args.file, join=args.join)
     logger.info("experiment %r: %d combinations registered", result["name"], result["combinations"])
     return 0
 
@@ -80,9 +85,7 @@ def _add_init(commands):
 
 
 def _run_init(args) -> int:
-    import schemas
-
-    prefix = schemas.activate()
+    prefix = activate()
     logger.info("tables and job tables of %sfabrik are declared", prefix)
     return 0
 
@@ -101,8 +104,6 @@ def _add_worker(commands):
 
 
 def _run_worker(args) -> int:
-    from .worker import Worker
-
     done = Worker(device=args.device, experiment=args.experiment, max_jobs=args.max_jobs, wait=args.wait).run()
     return 0 if not done.failed else 2
 
@@ -116,8 +117,6 @@ def _add_populate(commands):
 
 
 def _run_populate(args) -> int:
-    from .populate import populate
-
     return populate(args.workers, args.devices, experiment=args.experiment, max_jobs=args.max_jobs)
 
 
@@ -128,10 +127,7 @@ def _add_status(commands):
 
 
 def _run_status(args) -> int:
-    import schemas
-    from .status import report
-
-    schemas.activate()
+    activate()
     print(report(args.errors))
     return 0
 
@@ -144,12 +140,32 @@ def _add_scores(commands):
 
 
 def _run_scores(args) -> int:
-    import schemas
-    from .results import format_scores, scores_frame
-
-    schemas.activate()
+    activate()
     print(format_scores(scores_frame(args.experiment), args.format))
     return 0
 
 
-COMMANDS = [_add_add, _add_register, _add_init, _add_worker, _add_populate, _add_status, _add_scores]
+def _add_synth(commands):
+    synth = commands.add_parser("synth", help="write a synthetic V1 dataset in the SENSORIUM file layout")
+    synth.add_argument("out", help="folder to create")
+    synth.add_argument("--preset", default="default", help="size preset (pipeline.datasets.synthetic.PRESETS)")
+    for flag, name in [("--neurons", "n_neurons"), ("--train", "n_train"), ("--validation", "n_validation"),
+                       ("--test-images", "n_test_images"), ("--repeats", "n_repeats"), ("--seed", "seed")]:
+        synth.add_argument(flag, dest=name, type=int)
+    synth.add_argument("--image-size", dest="image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"))
+    synth.set_defaults(run=_synth)
+
+
+def _synth(args) -> int:
+    if args.preset not in synthetic.PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(synthetic.PRESETS)}")
+    options = dict(synthetic.PRESETS[args.preset])
+    names = ["n_neurons", "n_train", "n_validation", "n_test_images", "n_repeats", "seed", "image_size"]
+    options.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    if "image_size" in options:
+        options["image_size"] = tuple(options["image_size"])
+    synthetic.generate(args.out, **options)
+    return 0
+
+
+COMMANDS = [_add_synth, _add_add, _add_register, _add_init, _add_worker, _add_populate, _add_status, _add_scores]

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from .recipes import Dataset, Experiment, Model, Seed, Trainer
+from ..server.sql import atomic
+from ..tables import Dataset, Experiment, Model, Seed, Trainer
 
 SECTIONS = {"datasets": Dataset, "models": Model, "trainers": Trainer}
 KEYS = {"name", "comment", "seeds", *SECTIONS}
@@ -57,17 +58,21 @@ def load(path) -> dict:
     return spec
 
 
-def register(path) -> dict:
-    """Register every entry and the experiment of ``path``; returns the name and the number of combinations."""
+def register(path, join=False) -> dict:
+    """Register every entry and the experiment of ``path``; returns the name and the number of combinations.
+
+    ``join`` adds to an experiment of the same name that somebody else made (refused otherwise).
+    """
     spec = load(path)
-    keys = {
-        section: [
-            table().add_entry(e["fn"], e.get("config") or {}, comment=e.get("comment", ""), skip_duplicates=True)
-            for e in spec[section]
-        ]
-        for section, table in SECTIONS.items()
-    }
-    Seed.insert([{"seed": s} for s in spec["seeds"]], skip_duplicates=True)
-    n = Experiment().add(spec["name"], keys["datasets"], keys["models"], keys["trainers"], spec["seeds"],
-                         comment=spec.get("comment", ""))
+    with atomic(Experiment.connection):  # all of the file or nothing
+        keys = {
+            section: [
+                table().add_entry(e["fn"], e.get("config") or {}, comment=e.get("comment", ""), skip_duplicates=True)
+                for e in spec[section]
+            ]
+            for section, table in SECTIONS.items()
+        }
+        Seed.insert([{"seed": s} for s in spec["seeds"]], skip_duplicates=True)
+        n = Experiment().add(spec["name"], keys["datasets"], keys["models"], keys["trainers"], spec["seeds"],
+                             comment=spec.get("comment", ""), join=join)
     return {"name": spec["name"], "combinations": n}

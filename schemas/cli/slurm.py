@@ -6,7 +6,7 @@ share the database's job queue, so ``--array 10`` trains up to ten models at a t
 Preemption and time limits: the script asks Slurm for ``--requeue`` and ``--signal=TERM@<grace>``,
 so the worker gets SIGTERM ``grace`` seconds before its time limit (preemption sends SIGTERM too)
 and the array task is requeued when preempted. The worker finishes its epoch, writes the
-checkpoint and puts the job back to ``pending`` (:mod:`schemas.preemption`), so the next worker
+checkpoint and puts the job back to ``pending`` (:mod:`schemas.jobs.preemption`), so the next worker
 resumes it from that epoch.
 
 Credentials never enter the script. DataJoint reads ``DJ_HOST``/``DJ_USER``/``DJ_PASS`` from the
