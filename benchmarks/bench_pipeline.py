@@ -49,6 +49,10 @@ def start_server(home: Path) -> dict:
     settings = dbserver.up(srv, workdir=home)
     os.environ.update(DJ_HOST=settings["host"], DJ_PORT=str(settings["port"]), DJ_USER=settings["user"],
                       DJ_PASS=settings["password"], DJ_BACKEND=settings["backend"])
+    import datajoint as dj  # read its settings at import: set them here too, for this process
+
+    for name in ("host", "port", "user", "password", "backend"):
+        dj.config[f"database.{name}"] = settings[name]
     return srv
 
 

@@ -94,6 +94,18 @@ def test_mariadb_up_twice_status_stale_pid_and_down(reachable_home):
         assert restarted.returncode == 0, restarted.stderr
         assert "Removing stale" in restarted.stderr
         assert (reachable_home / ".secrets" / "database.password").read_text() == password
+
+        # Another command asking for another port (CI after `make demo`): status says so, up moves the server.
+        moved = {**env, "DJ_PORT": str(free_port())}
+        elsewhere = v1fabrik("db", "status", "--backend", "mariadb", cwd=reachable_home, **moved)
+        assert elsewhere.returncode == 3
+        assert f"running on port {env['DJ_PORT']}, not on the asked port {moved['DJ_PORT']}" in elsewhere.stdout
+        up_moved = v1fabrik("db", "up", cwd=reachable_home, **moved)
+        assert up_moved.returncode == 0, up_moved.stderr
+        assert f"restarting it on port {moved['DJ_PORT']}" in up_moved.stderr
+        assert json.loads((reachable_home / "datajoint.json").read_text())["database"]["port"] == int(moved["DJ_PORT"])
+        assert v1fabrik("db", "status", "--backend", "mariadb", cwd=reachable_home, **moved).returncode == 0
+        assert round_trip("moved_", reachable_home)[0].startswith("mysql [(1, 'first'")
     finally:
         down = v1fabrik("db", "down", cwd=reachable_home, **env)
     assert down.returncode == 0 and "Stopped the mariadb server" in down.stderr

@@ -101,3 +101,26 @@ def test_failed_initialisation_leaves_no_half_written_data_folder(srv, monkeypat
         dbserver.up(srv, srv.folder)
     assert not srv.data.exists()
     assert srv.running() is None
+
+
+def test_a_non_empty_folder_v1fabrik_did_not_create_is_never_deleted(tmp_path):
+    data = tmp_path / "db" / "mariadb" / "data"
+    data.mkdir(parents=True)
+    (data / "thesis.tex").write_text("years of work")
+    with pytest.raises(dbserver.ServerError, match=f"{data} is not empty and was not created by v1fabrik"):
+        with dbserver._fresh_folder(data):
+            pass
+    assert (data / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_half_initialised_folder_of_ours_is_replaced_and_removed_on_failure(tmp_path):
+    data = tmp_path / "data"
+    with pytest.raises(RuntimeError):
+        with dbserver._fresh_folder(data):
+            (data / "ibdata1").write_text("half")
+            raise RuntimeError("install_db failed")
+    assert not data.exists() and (tmp_path / "data.v1fabrik").exists()
+    data.mkdir()
+    (data / "ibdata1").write_text("half")  # left by a crash that skipped the cleanup
+    with dbserver._fresh_folder(data):
+        assert list(data.iterdir()) == []
