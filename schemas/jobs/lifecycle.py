@@ -1,7 +1,7 @@
 """One training job inside a worker: signals, the checkpoint schedule, outages, a job lost to a sweep.
 
-:class:`WorkerHooks` are the :class:`schemas.tables.trained.TrainingHooks` that ``schemas.activate``
-installs. Around a job they put the worker's signal handlers (:mod:`.preemption`); after each epoch
+:class:`WorkerHooks` are the :class:`schemas.tables.trained.TrainingHooks` that a worker installs
+(:func:`install`). Around a job they put the worker's signal handlers (:mod:`.preemption`); after each epoch
 they write the checkpoint when it is due (after the first epoch, then at most every
 ``$V1FABRIK_CHECKPOINT_EVERY_S`` seconds, default 30, and always once the worker is asked to stop),
 going on training while the database is unreachable, and stop the job when the worker was asked to

@@ -9,6 +9,7 @@ survive hours of training between jobs, and ``safemode`` (on) keeps the confirma
 anyone deletes rows or drops schemas on a shared lab server. Workers never delete, so they do not
 need it off; tests drop their schemas with ``prompt=False``.
 """
+import copy
 import logging
 import socket
 
@@ -73,10 +74,15 @@ def _reason(err: Exception) -> str:
 
 
 def private_connection() -> dj.Connection:
-    """A second connection with DataJoint's settings, for a thread that must not share the main one."""
-    config = dj.config
+    """A second connection with DataJoint's settings, for a thread that must not share the main one.
+
+    It never reconnects by itself: a session that drops takes its named locks with it, and its owner
+    must notice (a silent reconnect would leave it believing it still holds them).
+    """
+    config = copy.deepcopy(dj.config)
+    config["database.reconnect"] = False
     return dj.Connection(config["database.host"], config["database.user"], config["database.password"],
-                         None, config["database.use_tls"])
+                         None, config["database.use_tls"], config_override=config)
 
 
 def is_connection_error(error: BaseException) -> bool:

@@ -237,7 +237,8 @@ def _start_mariadb(srv: Server, binaries: dict, creds: dict) -> subprocess.Popen
     ]) + "\n")
     options = {**MARIADB_OPTIONS, "datadir": srv.data, "port": srv.port, "bind-address": HOST,
                "socket": srv.folder / "mysqld.sock", "pid-file": srv.folder / "mysqld.pid",
-               "init-file": srv.folder / "init.sql"}
+               "init-file": srv.folder / "init.sql", "tmpdir": srv.folder / "tmp"}  # not /tmp, which others clean
+    (srv.folder / "tmp").mkdir(mode=0o700, exist_ok=True)
     args = ["--no-defaults", *as_root] + [f"--{k}" if v is None else f"--{k}={v}" for k, v in options.items()]
     return _spawn([binaries["server"], *args], srv.log_file)
 

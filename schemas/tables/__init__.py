@@ -4,6 +4,8 @@
 - :mod:`.experiment`: Experiment, a named set of recipe x seed combinations;
 - :mod:`.trained`: TrainedModel (with its Weights) and the Checkpoint of a running job;
 - :mod:`.scores`: the per-neuron score tables of every trained model;
+- :mod:`.search`: hyper-parameter studies, their trials, and the models their pruner stopped;
+- :mod:`.ensembles`: sets of trained models averaged into one model;
 - :mod:`.workers`: LiveWorker and TransientFailure, the workers' own bookkeeping;
 - :mod:`.jobtable`: the job tables of the computed tables, written only by a reservation's holder.
 
@@ -17,9 +19,11 @@ import re
 import datajoint as dj
 
 from ..server.sql import server_lock
+from .ensembles import Ensemble
 from .experiment import Experiment
 from .recipes import Dataset, Fabrikant, Model, Seed, Trainer
 from .scores import SCORE_TABLES
+from .search import PrunedModel, Study
 from .trained import Checkpoint, TrainedModel
 from .workers import LiveWorker, TransientFailure
 
@@ -37,7 +41,7 @@ class _JobTableSeedWarning(logging.Filter):
 logging.getLogger("datajoint").addFilter(_JobTableSeedWarning())
 
 TABLES = (Fabrikant, Seed, Dataset, Model, Trainer, Experiment, TrainedModel, Checkpoint, *SCORE_TABLES,
-          LiveWorker, TransientFailure)
+          LiveWorker, TransientFailure, Study, PrunedModel, Ensemble)
 COMPUTED = (TrainedModel, *SCORE_TABLES)
 
 

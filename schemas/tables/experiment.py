@@ -37,12 +37,12 @@ class Experiment(dj.Manual):
         Adding to an experiment of your own is idempotent. An experiment of the same name made by somebody
         else is refused (ExperimentConflict) unless ``join`` is set.
         """
-        fabrikant = fabrikant or Fabrikant.ensure_current_user()
         rows = [
             {"experiment_name": name, **d, **m, **t, "seed": s}
             for d, m, t, s in itertools.product(datasets, models, trainers, seeds)
         ]
         with atomic(self.connection):
+            fabrikant = fabrikant or Fabrikant.ensure_current_user()
             owner = (self & {"experiment_name": name}).to_arrays("experiment_fabrikant")
             if len(owner) and owner[0] != fabrikant and not join:
                 raise ExperimentConflict(f"experiment {name!r} belongs to {owner[0]!r}, not to {fabrikant!r}: "

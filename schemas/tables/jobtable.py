@@ -13,6 +13,8 @@ import platform
 
 from datajoint.jobs import Job
 
+from ..server.sql import atomic
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,16 +52,19 @@ class OwnedJob(Job):
         return rows.fetchone() is not None
 
     def complete(self, key: dict, duration=None) -> None:
-        if self._still_ours(key, "completed"):
-            super().complete(key, duration=duration)
+        with atomic(self.connection):
+            if self._still_ours(key, "completed"):
+                super().complete(key, duration=duration)
 
     def error(self, key: dict, error_message: str, error_stack=None) -> None:
-        if self._still_ours(key, f"failed ({error_message[:200]})"):
-            super().error(key, error_message=error_message, error_stack=error_stack)
+        with atomic(self.connection):
+            if self._still_ours(key, f"failed ({error_message[:200]})"):
+                super().error(key, error_message=error_message, error_stack=error_stack)
 
     def _still_ours(self, key, outcome) -> bool:
+        """True while this process holds ``key`` (the row stays locked to the end of the caller's transaction)."""
         OwnedJob._reserved_here.discard(self._ident(key))
-        if self.holds(key):
+        if self.holds(key, lock=True):
             return True
         logger.warning("%s job %s %s, but this worker no longer holds it: the job table is left to its new owner",
                        self._target.__class__.__name__, self._get_pk(key), outcome)
