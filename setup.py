@@ -37,6 +37,8 @@ setup(
         "tqdm>=4.60",
         "pyyaml>=6.0",
         "matplotlib>=3.7",
+        # hyper-parameter search (schemas/jobs/search): the study lives in the tables' database server
+        "optuna>=5.0,<6",
     ],
     extras_require={
         "test": [

@@ -57,9 +57,14 @@ def get_data(dataset_fn, dataset_config):
     return _check_dataloaders(dataset_fn, resolve_fn(dataset_fn, "dataset")(**dataset_config))
 
 
-def get_model(model_fn, model_config, dataloaders=None, seed=None, state_dict=None, strict=True):
-    """Build ``model_fn(dataloaders, seed=seed, **model_config)``; load ``state_dict`` if given."""
-    model = resolve_fn(model_fn, "model")(dataloaders, seed=seed, **model_config)
+def get_model(model_fn, model_config, dataloaders=None, seed=None, state_dict=None, strict=True, data_info=None):
+    """Build ``model_fn(dataloaders, seed=seed, **model_config)``; load ``state_dict`` if given.
+
+    With ``data_info`` (:func:`pipeline.datasets.data_info.data_info`) the function is called with
+    ``data_info=data_info`` as well, as nnfabrik does, so it needs no dataloaders.
+    """
+    extra = {} if data_info is None else {"data_info": data_info}
+    model = resolve_fn(model_fn, "model")(dataloaders, seed=seed, **model_config, **extra)
     if not isinstance(model, torch.nn.Module):
         raise ContractError(f"model function {fn_name(model_fn)!r} returned a {type(model).__name__}, not a torch.nn.Module")
     if state_dict is not None:

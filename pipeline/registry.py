@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 ROLES = ("dataset", "model", "trainer", "measure")
 ALLOWED_MODULES_ENV = "V1FABRIK_ALLOWED_MODULES"
 ENTRY_POINT_GROUP = "v1fabrik.functions"
-SHIPPED_MODULES = ("pipeline.datasets", "pipeline.models", "pipeline.training")
+SHIPPED_MODULES = ("pipeline.datasets", "pipeline.models", "pipeline.training", "pipeline.utility.measures")
 _DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 

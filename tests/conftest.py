@@ -6,8 +6,14 @@
 """
 import os
 import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # The test server (db_prefix) and the folder private servers are started in (tests/integration/test_foundation.py).
@@ -49,3 +55,14 @@ def drop_schemas(prefix: str) -> None:
         if len(failed) == len(remaining):
             raise RuntimeError(f"could not drop the test schemas {failed}")
         remaining = failed
+
+
+@pytest.fixture(scope="module")
+def installed_lab(tmp_path_factory):
+    """tests/lab_package, pip-installed (offline, from a copy, so no build files land in the tree) into a folder
+    to put on PYTHONPATH: its functions register through its ``v1fabrik.functions`` entry points."""
+    tmp = tmp_path_factory.mktemp("lab")
+    shutil.copytree(REPO / "tests" / "lab_package", tmp / "src")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--target", str(tmp / "site"), str(tmp / "src")], check=True, timeout=300)
+    return tmp / "site"

@@ -1,7 +1,9 @@
 """``static_loaders``: sensorium's dataset function, same arguments, same batches, faster.
 
 Differences from the reference, all deliberate (README "Datasets"):
-- arrays are read once into memory and batches are transformed as a whole (``__getitems__``);
+- arrays are read once into memory and batches are transformed as a whole (``__getitems__``); images
+  are rescaled and normalised once, as they are read, when the result takes no more memory than the
+  raw images (float images; uint8 ones at scale ≤ 0.5);
 - zips are extracted into a user cache, never next to the data; ``config.json`` is never written;
 - batches are always CPU tensors (``cuda`` is ignored with a warning), picklable, so
   ``num_workers > 0`` works;
@@ -70,7 +72,9 @@ class StaticDataset(Dataset):
         trial_info: ``meta/trials`` arrays over all trials.
         statistics: ``meta/statistics`` as nested attribute dicts.
         store: ``{field: array over all trials}``, raw, except images read through ``image_reduce``
-            (see ``FileTree.load``).
+            (see ``FileTree.load``), which are then stored transformed.
+        normalisation: ``{field: (offset, spread)}``, the ``(x - offset) / spread`` the batches get
+            (whether on read or per batch); ``static_loader`` sets it.
     """
 
     def __init__(self, tree: FileTree, data_keys, transform: BatchTransform, memmap: bool = False,
@@ -175,22 +179,30 @@ def _tier_indices(tree, tier, image_ids, image_n, image_base_seed):
     return out
 
 
-def _rescale_on_read(tree: FileTree, scale):
-    """A ``FileTree.load`` reduce that rescales the images once, if they take less memory so; else None.
+def _images_on_read(tree: FileTree, transform: BatchTransform):
+    """``transform``'s image steps as a ``FileTree.load`` reduce, if their float32 result is no larger
+    than the raw images (e.g. any float images at scale ≤ 1, uint8 ones at scale ≤ 0.5); else None.
 
-    The rescale is the transform's own, image by image, so the batches are the same bit for bit; it
-    then costs once per job instead of once per epoch, and the full-size images are never held.
+    Rescaling and normalising work image by image, so doing them once as the images are read gives
+    the same batches bit for bit; they then cost once per job instead of once per epoch, and the
+    raw images are never held whole.
     """
-    if scale is None:
-        return None
+    reduce = functools.partial(_transform_images, scale=transform.scale,
+                               normalisation=transform.normalisation.get("images"))
     shape, dtype = tree.layout("images")
-    reduce = functools.partial(_rescale_block, scale=scale)
     row = np.zeros((1, *shape), dtype)
-    return reduce if reduce(row).nbytes < row.nbytes else None
+    return reduce if reduce(row).nbytes <= row.nbytes else None
 
 
-def _rescale_block(images: np.ndarray, scale) -> np.ndarray:
-    return rescale(torch.from_numpy(images), scale).numpy()
+def _transform_images(images: np.ndarray, scale, normalisation) -> np.ndarray:
+    """What ``BatchTransform`` does to images before adding channels: rescale, normalise, float32."""
+    if scale is not None:
+        images = rescale(torch.from_numpy(images), scale).numpy()
+    values = images.astype(np.float64, copy=False)
+    if normalisation is not None:
+        offset, spread = normalisation
+        values = (values - offset) / spread
+    return values.astype(np.float32)
 
 
 def static_loader(path, batch_size, *, areas=None, layers=None, tier=None, neuron_ids=None, neuron_n=None,
@@ -215,13 +227,18 @@ def static_loader(path, batch_size, *, areas=None, layers=None, tier=None, neuro
         if key not in ("behavior", "pupil_center") and key not in tree.trial_info:
             raise ValueError(f"include_trial_info_keys: {tree.path}/meta/trials/{key}.npy does not exist")
     neuron_idx = _select_neurons(tree, areas, layers, neuron_ids, neuron_n, exclude_neuron_n, neuron_base_seed)
-    rescale_on_read = None if memmap else _rescale_on_read(tree, scale)
     transform = BatchTransform(
         tree, data_keys, normalize=normalize, exclude=exclude, inputs_mean=inputs_mean, inputs_std=inputs_std,
         behavior_channels=bool(include_behavior and add_behavior_as_channels),
-        eye_channels=bool(add_eye_pos_as_channels), scale=None if rescale_on_read else scale, neuron_idx=neuron_idx,
+        eye_channels=bool(add_eye_pos_as_channels), scale=scale, neuron_idx=neuron_idx,
     )
-    dataset = StaticDataset(tree, data_keys, transform, memmap, image_reduce=rescale_on_read)
+    normalisation = dict(transform.normalisation)  # before the images' part moves to the read
+    images_on_read = None if memmap else _images_on_read(tree, transform)
+    if images_on_read:  # the batches' images are then only cast (float32 -> float64 -> float32, exact)
+        transform.scale = None
+        transform.normalisation.pop("images", None)
+    dataset = StaticDataset(tree, data_keys, transform, memmap, image_reduce=images_on_read)
+    dataset.normalisation = normalisation
     loaders = OrderedDict()
     for name, subset in _tier_indices(tree, tier, image_ids, image_n, image_base_seed).items():
         sampler = SubsetRandomSampler(subset) if name == "train" else SubsetSequentialSampler(subset)

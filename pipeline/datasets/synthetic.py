@@ -14,8 +14,9 @@ The model, per neuron n and trial t:
 - response = amplitude_n · Poisson(rate / amplitude_n · G), G ~ Gamma(k, 1/k) (overdispersed).
 
 Stimuli are 1/f^(2α) random-phase images (α ≈ 1) with varied contrast and luminance, whole numbers
-0-255 at the declared resolution, stored as uint8 (or, with ``image_dtype``, as floats of the same values). Neuron responses are computed on a block-averaged copy (≈36×64), which is
-exact enough for RFs this smooth and keeps generation fast.
+0-255 at the declared resolution, stored as uint8 (or, with ``image_dtype``, as floats of the same
+values). Neuron responses are computed on a block-averaged copy (≈36×64), which is exact enough for
+RFs this smooth and keeps generation fast.
 
 Coordinates: ``rf_centers`` are in the stimulus' grid coordinates, ``[-1, 1]`` from the first to the
 last pixel centre (``align_corners=True``), column 0 = x (width), column 1 = y (height). The readout of

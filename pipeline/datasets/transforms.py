@@ -139,7 +139,7 @@ class BatchTransform:
         out["responses"] = out["responses"][:, self.neuron_idx]
         if self.scale is not None:
             out["images"] = rescale(torch.from_numpy(out["images"]), self.scale).numpy()  # float64 unless identity
-        looked_up = out["images"].dtype == np.uint8 and self.uint8_images is not None
+        looked_up = "images" in out and out["images"].dtype == np.uint8 and self.uint8_images is not None
         for field, value in out.items():
             if looked_up and field == "images":
                 out[field] = self.uint8_images[value]

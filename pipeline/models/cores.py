@@ -4,6 +4,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from . import fused
+from .cpu_kernels import applies as kernels_apply
 from .regularizers import INPUT_REGULARIZERS
 
 
@@ -24,6 +26,22 @@ class DepthSeparableConv2d(nn.Sequential):
             groups=out_channels,
         )
         self.out_depth_conv = nn.Conv2d(out_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x):
+        x = self.in_depth_conv(x)
+        if kernels_apply(x) and fused.depthwise_applies(self.spatial_conv):
+            x = fused.depthwise_conv(self.spatial_conv, x)
+        else:
+            x = self.spatial_conv(x)
+        return self.out_depth_conv(x)
+
+
+def run_layer(layer, x):
+    """One conv → [BatchNorm] → [ELU] layer; BatchNorm + ELU as one fused kernel where it applies."""
+    norm, nonlinearity = getattr(layer, "norm", None), getattr(layer, "nonlin", None)
+    if not (kernels_apply(x) and fused.batch_norm_elu_applies(norm, nonlinearity)):
+        return layer(x)
+    return fused.batch_norm_elu(layer[0](x), norm)
 
 
 class Stacked2dCore(nn.Module):
@@ -157,7 +175,7 @@ class Stacked2dCore(nn.Module):
         for index, layer in enumerate(self.features):
             if index > 0 and self.skip > 1:
                 x = torch.cat(outputs[-min(self.skip, index):], dim=1)
-            x = layer(x)
+            x = run_layer(layer, x)
             outputs.append(x)
         if len(self.stack) == 1:
             return outputs[self.stack[0]]

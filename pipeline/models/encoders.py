@@ -32,6 +32,20 @@ class FiringRateEncoder(nn.Module):
         self.shifter = shifter
         self.offset = elu_offset
         self.autocast_dtype = autocast_dtype
+        self.core_frozen = False
+
+    def freeze_core(self) -> "FiringRateEncoder":
+        """Train only the readouts and shifters from now on: the core gets no gradients and stays in eval mode,
+        so its BatchNorm statistics do not move either (the reference's ``detach_core`` still updates them)."""
+        self.core.requires_grad_(False)
+        self.core_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.core_frozen:
+            self.core.eval()
+        return self
 
     def forward(
         self,

@@ -6,6 +6,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .cpu_kernels import applies as kernels_apply
+from .fused import gaussian_readout
+
 logger = logging.getLogger(__name__)
 
 GAUSS_SIGMA_SHAPES = {"full": (2, 2), "uncorrelated": (1, 2), "isotropic": (1, 1)}
@@ -37,6 +40,20 @@ def normalize_source_grid(coordinates):
     if extent == 0:
         raise ValueError("source_grid is degenerate: all neurons have the same cortical position")
     return torch.from_numpy((grid / extent).astype(np.float32))
+
+
+def _sharing_index(match_ids, outdims, what):
+    """Each neuron's index into the sorted unique ``match_ids``, and how many unique ids there are."""
+    match_ids = np.asarray(match_ids)
+    if match_ids.shape != (outdims,):
+        raise ValueError(f"{what}: match_ids must hold one id per neuron ({outdims}), got shape {match_ids.shape}")
+    unique, index = np.unique(match_ids, return_inverse=True)
+    return index.astype(np.int64), len(unique)
+
+
+def _check_shared_shape(parameter, shape, what):
+    if tuple(parameter.shape) != shape:
+        raise ValueError(f"{what} has shape {tuple(parameter.shape)}; this readout's match ids need {shape}")
 
 
 def cortex_position_network(in_features, hidden_features=20, hidden_layers=0, final_tanh=False):
@@ -72,6 +89,12 @@ class FullGaussian2d(nn.Module):
         source_grid: (outdims, dims) cortical coordinates, required with a predictor.
         mean_activity: initial bias (None: zero).
         feature_reg_weight: weight of the L1 feature regularizer.
+        shared_features: ``{"match_ids": (outdims,) ids, "shared_features": Parameter or None}``: one
+            feature vector per unique match id, times a per-neuron ``scales``; given another
+            readout's ``_features`` this readout uses them (and does not regularise them).
+        shared_grid: ``{"match_ids": ..., "shared_grid": Parameter or None}``: one position per unique
+            match id; given another readout's ``_mu``, it is read through this readout's own affine
+            ``mu_transform`` (initially the identity). Not with a grid predictor.
     """
 
     def __init__(
@@ -88,6 +111,8 @@ class FullGaussian2d(nn.Module):
         source_grid=None,
         mean_activity=None,
         feature_reg_weight=1.0,
+        shared_features=None,
+        shared_grid=None,
     ):
         super().__init__()
         if not 0.0 < init_mu_range <= 1.0 or init_sigma <= 0.0:
@@ -109,18 +134,55 @@ class FullGaussian2d(nn.Module):
 
         # Creation order matters: it fixes the RNG stream shared with the reference.
         self._predicted_grid = grid_mean_predictor is not None
+        self._shared_grid = shared_grid is not None
+        if self._predicted_grid and self._shared_grid:
+            raise ValueError("a readout cannot both predict its grid (grid_mean_predictor) and share one (shared_grid)")
         if self._predicted_grid:
             if source_grid is None or len(source_grid) != outdims:
                 raise ValueError(f"the grid mean predictor needs a source_grid with one row per neuron ({outdims})")
             grid = normalize_source_grid(source_grid)
             self.mu_transform = cortex_position_network(grid.shape[1], **grid_mean_predictor)
             self.register_buffer("source_grid", grid)
+        elif self._shared_grid:
+            self._share_grid(**shared_grid)
         else:
             self._mu = nn.Parameter(torch.empty(self.grid_shape))
         self.sigma = nn.Parameter(torch.empty(1, outdims, *GAUSS_SIGMA_SHAPES[gauss_type]))
-        self._features = nn.Parameter(torch.empty(1, in_shape[0], 1, outdims))
+        self._share_features(**(shared_features or {}))
         self.bias = nn.Parameter(torch.empty(outdims)) if bias else None
         self.initialize()
+
+    def _share_grid(self, match_ids, shared_grid=None):
+        """One learned position per unique match id, created here or read from ``shared_grid``."""
+        index, n_matched = _sharing_index(match_ids, self.outdims, "shared_grid")
+        self._original_grid = shared_grid is None
+        if self._original_grid:
+            self._mu = nn.Parameter(torch.empty(1, n_matched, 1, 2))
+        else:
+            _check_shared_shape(shared_grid, (1, n_matched, 1, 2), "shared_grid")
+            self._mu = shared_grid
+            self.mu_transform = nn.Linear(2, 2)  # drawn, then set to the identity, as in the reference
+            with torch.no_grad():
+                self.mu_transform.bias.fill_(0.0)
+                self.mu_transform.weight.copy_(torch.eye(2))
+        self.register_buffer("grid_sharing_index", torch.from_numpy(index))
+
+    def _share_features(self, match_ids=None, shared_features=None):
+        """Per-neuron features, or one feature vector per unique match id (created or shared) times ``scales``."""
+        channels = self.in_shape[0]
+        self._shared_features = match_ids is not None
+        self._original_features = shared_features is None
+        if not self._shared_features:
+            self._features = nn.Parameter(torch.empty(1, channels, 1, self.outdims))
+            return
+        index, n_matched = _sharing_index(match_ids, self.outdims, "shared_features")
+        if self._original_features:
+            self._features = nn.Parameter(torch.empty(1, channels, 1, n_matched))
+        else:
+            _check_shared_shape(shared_features, (1, channels, 1, n_matched), "shared_features")
+            self._features = shared_features
+        self.scales = nn.Parameter(torch.empty(1, 1, 1, self.outdims))
+        self.register_buffer("feature_sharing_index", torch.from_numpy(index))
 
     def initialize(self, mean_activity=None):
         """(Re)draw positions and Σ, set features to 1/channels and the bias to the mean activity or 0."""
@@ -131,6 +193,8 @@ class FullGaussian2d(nn.Module):
         else:
             self.sigma.data.fill_(self.init_sigma)
         self._features.data.fill_(1 / self.in_shape[0])
+        if self._shared_features:
+            self.scales.data.fill_(1.0)
         if self.bias is not None:
             mean_activity = self.mean_activity if mean_activity is None else mean_activity
             if mean_activity is None:
@@ -140,6 +204,9 @@ class FullGaussian2d(nn.Module):
 
     @property
     def features(self):
+        """Feature weights (1, C, 1, N); with shared features, the matched vector times each neuron's scale."""
+        if self._shared_features:
+            return self.scales * self._features[..., self.feature_sharing_index]
         return self._features
 
     @property
@@ -147,7 +214,18 @@ class FullGaussian2d(nn.Module):
         """Mean positions, shape (1, N, 1, 2)."""
         if self._predicted_grid:
             return self.mu_transform(self.source_grid).view(self.grid_shape)
+        if self._shared_grid and self._original_grid:
+            return self._mu[:, self.grid_sharing_index]
+        if self._shared_grid:
+            return self.mu_transform(self._mu.view(-1, 2))[self.grid_sharing_index].view(self.grid_shape)
         return self._mu
+
+    @property
+    def mu_dispersion(self):
+        """Summed standard deviation (x and y) of the learned positions: a regularizer pulling them together."""
+        if self._predicted_grid:
+            raise ValueError("mu_dispersion needs learned positions; this readout predicts them from the cortex")
+        return self._mu.view(-1, 2).std(0).sum()
 
     def sample_grid(self, batch_size, sample=None, noise=None):
         """Positions (batch_size, N, 1, 2): sampled if ``sample`` (default: in training mode), else the mean.
@@ -157,9 +235,9 @@ class FullGaussian2d(nn.Module):
                 implies sampling. Without it the draws come from the global torch RNG exactly as in
                 the reference, so equal seeds give equal positions.
         """
-        if not self._predicted_grid:
+        if not (self._predicted_grid or self._shared_grid):
             with torch.no_grad():
-                self._mu.clamp_(-1, 1)  # learned positions are kept inside the feature map
+                self._mu.clamp_(-1, 1)  # learned positions stay inside the feature map (shared ones not, as upstream)
         mu = self.mu
         sample = self.training if sample is None else sample
         if noise is None and not sample:
@@ -183,15 +261,20 @@ class FullGaussian2d(nn.Module):
             grid = self.sample_grid(1, sample=sample, noise=noise).expand(batch_size, -1, -1, -1)
         if shift is not None:
             grid = grid + shift[:, None, None, :]
-        sampled = F.grid_sample(x, grid, align_corners=self.align_corners).squeeze(-1)
-        y = (sampled * self._features.view(1, -1, self.outdims)).sum(1)
+        if self.align_corners and kernels_apply(x):
+            y = gaussian_readout(x, grid, self.features)
+        else:
+            sampled = F.grid_sample(x, grid, align_corners=self.align_corners).squeeze(-1)
+            y = (sampled * self.features.view(1, -1, self.outdims)).sum(1)
         return y if self.bias is None else y + self.bias
 
     def feature_l1(self, reduction="sum"):
-        """L1 norm of the feature weights, summed or averaged."""
+        """L1 norm of the feature weights, summed or averaged; zero for features shared from another readout."""
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-        magnitudes = self._features.abs()
+        if not self._original_features:
+            return self._features.new_zeros(())
+        magnitudes = self.features.abs()
         return magnitudes.sum() if reduction == "sum" else magnitudes.mean()
 
     def regularizer(self, reduction="sum"):
@@ -210,6 +293,11 @@ class MultipleFullGaussian2d(nn.ModuleDict):
         grid_mean_predictor_type: 'cortex' (the only type) when a predictor is given.
         source_grids: data key → (N, dims) cortical coordinates, with a predictor.
         mean_activity_dict: data key → initial bias, or None for zero biases.
+        share_features, share_grid: the first data key's readout creates one feature vector / one
+            position per match id and the others use it (neuralpredictors'
+            ``MultiReadoutSharedParametersBase``). Every data key must hold the same set of match ids.
+        shared_match_ids: data key → (N,) match ids (neurons matched across recordings share an id).
+        gamma_grid_dispersion: weight of each readout's ``mu_dispersion`` in its regularizer.
         **readout_kwargs: passed to every ``FullGaussian2d``.
     """
 
@@ -222,13 +310,31 @@ class MultipleFullGaussian2d(nn.ModuleDict):
         grid_mean_predictor_type=None,
         source_grids=None,
         mean_activity_dict=None,
+        share_features=False,
+        share_grid=False,
+        shared_match_ids=None,
+        gamma_grid_dispersion=0.0,
         **readout_kwargs,
     ):
         super().__init__()
         if grid_mean_predictor is not None and grid_mean_predictor_type != "cortex":
             raise ValueError(f"grid mean predictor type {grid_mean_predictor_type!r} does not exist; use 'cortex'")
+        if grid_mean_predictor is not None and (share_grid or gamma_grid_dispersion):
+            raise ValueError("share_grid and gamma_grid_dispersion need learned positions; "
+                             "drop the grid_mean_predictor")
+        if share_features or share_grid:
+            _check_match_ids(shared_match_ids, n_neurons_dict)
+        self.gamma_grid_dispersion = gamma_grid_dispersion
         mean_activity_dict = mean_activity_dict or {}
+        first = None  # the readout that owns shared parameters
         for data_key, n_neurons in n_neurons_dict.items():
+            sharing = {}
+            if share_grid:
+                sharing["shared_grid"] = {"match_ids": shared_match_ids[data_key],
+                                          "shared_grid": None if first is None else first._mu}
+            if share_features:
+                sharing["shared_features"] = {"match_ids": shared_match_ids[data_key],
+                                              "shared_features": None if first is None else first._features}
             self[data_key] = FullGaussian2d(
                 in_shape_dict[data_key],
                 n_neurons,
@@ -236,8 +342,10 @@ class MultipleFullGaussian2d(nn.ModuleDict):
                 source_grid=None if grid_mean_predictor is None else source_grids[data_key],
                 mean_activity=mean_activity_dict.get(data_key),
                 feature_reg_weight=gamma_readout,
+                **sharing,
                 **readout_kwargs,
             )
+            first = self[data_key] if first is None else first
         # The reference initialises every readout a second time once all exist (Σ is drawn twice).
         for readout in self.values():
             readout.initialize()
@@ -246,4 +354,26 @@ class MultipleFullGaussian2d(nn.ModuleDict):
         return self[resolve_data_key(self, data_key)](x, **kwargs)
 
     def regularizer(self, data_key=None, reduction="sum"):
-        return self[resolve_data_key(self, data_key)].regularizer(reduction)
+        """The data key's feature regularizer, plus ``gamma_grid_dispersion`` × its position dispersion."""
+        readout = self[resolve_data_key(self, data_key)]
+        if self.gamma_grid_dispersion:
+            return readout.regularizer(reduction) + self.gamma_grid_dispersion * readout.mu_dispersion
+        return readout.regularizer(reduction)
+
+
+def _check_match_ids(shared_match_ids, n_neurons_dict):
+    """Every data key has one match id per neuron, and all data keys hold the same set of ids."""
+    missing = [key for key in n_neurons_dict if key not in (shared_match_ids or {})]
+    if missing:
+        raise ValueError(f"share_features/share_grid need shared_match_ids for the data keys {missing}")
+    for key, n_neurons in n_neurons_dict.items():
+        if np.shape(shared_match_ids[key]) != (n_neurons,):
+            raise ValueError(f"shared_match_ids of {key!r} must hold one id per neuron ({n_neurons}), "
+                             f"got shape {np.shape(shared_match_ids[key])}")
+    reference_key, *others = n_neurons_dict
+    reference = set(np.asarray(shared_match_ids[reference_key]).tolist())
+    for key in others:
+        ids = set(np.asarray(shared_match_ids[key]).tolist())
+        if ids != reference:
+            raise ValueError(f"shared_match_ids of {key!r} differ from those of {reference_key!r} "
+                             f"({len(ids ^ reference)} ids in one only); every recording needs the same neurons")

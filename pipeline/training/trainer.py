@@ -94,6 +94,7 @@ def standard_trainer(
     lr_decay_factor=0.3,
     min_lr=1e-4,
     detach_core=False,
+    core_lr=None,
     resume_state=None,
 ):
     """Train ``model`` with Adam, a plateau LR schedule and early stopping on the validation correlation.
@@ -108,7 +109,8 @@ def standard_trainer(
         uid: passed through to ``cb`` (nnfabrik passes the job's primary key).
         cb: callback. Called once before training as ``cb(uid=, epoch=None, model=, state=None)``:
             a returned state (see ``resume_state``) resumes from it. Then after every epoch as
-            ``cb(uid=, epoch=, model=, state=)`` with the state to resume from that epoch. The RNGs are
+            ``cb(uid=, epoch=, model=, state=, score=)`` with the state to resume from that epoch and the
+            epoch's validation correlation (NaN when not evaluated; a study's pruner reads it). The RNGs are
             restored after each call, so a callback that scores the model leaves the training unchanged.
         verbose: show a tqdm progress bar per epoch (a log line per epoch is always written).
         interval, patience, epoch, max_iter, maximize, tolerance, restore_best, lr_decay_steps:
@@ -116,6 +118,8 @@ def standard_trainer(
         lr_decay_factor, min_lr: the ReduceLROnPlateau factor and floor (its patience and
             threshold are ``patience`` and ``tolerance``).
         loss_accum_batch_n: batches per optimizer step; default one per data key (a full cycle).
+        core_lr: learning rate of ``model.core``'s parameters when fine-tuning a transferred core
+            (None: ``lr_init`` like the rest); the plateau schedule scales both rates.
         resume_state: a state from the callback (plain data; see ``checkpoints.state_to_arrays``).
 
     Returns:
@@ -136,7 +140,7 @@ def standard_trainer(
     model.to(device)
     set_random_seed(seed)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr_init)
+    optimizer = torch.optim.Adam(_parameter_groups(model, core_lr), lr=lr_init)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer,
         mode="max" if maximize else "min",
@@ -206,7 +210,8 @@ def standard_trainer(
         )
         if cb is not None:
             state = _capture(model, optimizer, scheduler, stopper, initial_corr, best_state, history, train_loaders)
-            _call_isolated(cb, state["rng"], train_loaders, uid=uid, epoch=stopper.epoch, model=model, state=state)
+            _call_isolated(cb, state["rng"], train_loaders, uid=uid, epoch=stopper.epoch, model=model, state=state,
+                           score=validation_corr)
 
     if restore_best:
         model.load_state_dict(best_state)
@@ -216,6 +221,18 @@ def standard_trainer(
         raise NonFiniteLossError(f"the final validation correlation is {score}")
     output = {"history": history, "initial_validation_corr": initial_corr, "validation_corr": score}
     return score, output, model.state_dict()
+
+
+def _parameter_groups(model, core_lr):
+    """All parameters in one group, or, with ``core_lr``, the core's in a second group of their own rate.
+
+    The history's ``lr`` is the first group's: the readouts' and shifters'.
+    """
+    if core_lr is None:
+        return model.parameters()
+    core = {id(parameter) for parameter in model.core.parameters()}
+    rest = [parameter for parameter in model.parameters() if id(parameter) not in core]
+    return [{"params": rest}, {"params": list(model.core.parameters()), "lr": core_lr}]
 
 
 def _call_isolated(cb, rng, train_loaders, **kwargs):

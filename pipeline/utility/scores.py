@@ -91,6 +91,19 @@ def fraction_oracle(correlations, oracles):
     return float(slope[0])
 
 
+def repeat_means(groups):
+    """``(images, neurons)``: the mean over repeats of each ``(repeats, neurons)`` group."""
+    return np.stack([group.mean(axis=0) for group in groups])
+
+
+def thresholded_mean(feve, keep, fev_threshold):
+    """Mean FEVE over the neurons in ``keep`` (FEV >= ``fev_threshold``); NaN, with a warning, when there are none."""
+    if not keep.any():
+        logger.warning("no neuron has FEV >= %s; the mean FEVE is undefined (NaN)", fev_threshold)
+        return float("nan")
+    return float(feve[keep].mean())
+
+
 def split_by_image(image_ids, *arrays):
     """Group the rows of each array by image id, in ``np.unique`` order; returns one list per array."""
     image_ids = np.asarray(image_ids)
@@ -152,9 +165,10 @@ def image_ids(loader):
     return np.asarray(ids)[np.asarray(indices)]
 
 
-def _nan_to_zero(values, what, data_key):
+def nan_to_zero(values, what):
+    """``values`` with NaN set to 0, warning how many there were (``what`` names them)."""
     if np.isnan(values).any():
-        logger.warning("%d NaN %s for data key %s set to 0", np.isnan(values).sum(), what, data_key)
+        logger.warning("%d NaN %s set to 0", np.isnan(values).sum(), what)
         values = np.where(np.isnan(values), 0.0, values)
     return values
 
@@ -172,7 +186,7 @@ def get_correlations(model, dataloaders, tier=None, device="cpu", as_dict=False,
     per_key = {}
     for data_key, loader in _tier(dataloaders, tier).items():
         targets, outputs = model_predictions(model, loader, data_key, device)
-        per_key[data_key] = _nan_to_zero(corr(targets, outputs, axis=0), "correlations", data_key)
+        per_key[data_key] = nan_to_zero(corr(targets, outputs, axis=0), f"correlations for data key {data_key}")
     return _combine(per_key, as_dict, per_neuron)
 
 
@@ -186,9 +200,8 @@ def get_signal_correlations(model, dataloaders, tier="test", device="cpu", as_di
     per_key = {}
     for data_key, loader in _tier(dataloaders, tier).items():
         targets, outputs = _repeats(model, loader, data_key, device)
-        mean_targets = np.stack([t.mean(axis=0) for t in targets])
-        mean_outputs = np.stack([o.mean(axis=0) for o in outputs])
-        per_key[data_key] = _nan_to_zero(corr(mean_targets, mean_outputs, axis=0), "correlations", data_key)
+        per_key[data_key] = nan_to_zero(corr(repeat_means(targets), repeat_means(outputs), axis=0),
+                                        f"correlations for data key {data_key}")
     return _combine(per_key, as_dict, per_neuron)
 
 
@@ -201,16 +214,9 @@ def get_fev(model, dataloaders, tier="test", device="cpu", as_dict=False, per_ne
         keep[data_key] = explainable >= fev_threshold
     if per_neuron:
         return feve if as_dict else np.hstack(list(feve.values()))
-
-    def thresholded_mean(values, mask):
-        if not mask.any():
-            logger.warning("no neuron has FEV >= %s; the mean FEVE is undefined (NaN)", fev_threshold)
-            return float("nan")
-        return float(values[mask].mean())
-
     if as_dict:
-        return {k: thresholded_mean(feve[k], keep[k]) for k in feve}
-    return thresholded_mean(np.hstack(list(feve.values())), np.hstack(list(keep.values())))
+        return {k: thresholded_mean(feve[k], keep[k], fev_threshold) for k in feve}
+    return thresholded_mean(np.hstack(list(feve.values())), np.hstack(list(keep.values())), fev_threshold)
 
 
 def get_oracles(dataloaders, tier="test", as_dict=False, per_neuron=True, conservative=False):

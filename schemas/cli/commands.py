@@ -13,7 +13,7 @@ from pipeline.datasets import synthetic
 from .. import activate, tables
 from ..jobs.populate import populate
 from ..jobs.worker import Worker
-from ..tables.scores import scores_frame
+from ..tables.scores import measures_frame, scores_frame
 from . import experiment_file
 from .scores import format_scores
 from .status import report
@@ -37,14 +37,18 @@ def _config(text: str) -> dict:
 
 
 def _add_add(commands):
-    add = commands.add_parser("add", help="register a dataset, model or trainer function with its config, or a seed")
+    add = commands.add_parser("add", help="register a dataset, model, trainer or measure function with its config, "
+                                          "or a seed")
     kinds = add.add_subparsers(dest="kind", required=True)
-    for kind in ("dataset", "model", "trainer"):
+    for kind in ("dataset", "model", "trainer", "measure"):
         parser = kinds.add_parser(kind, help=f"register a {kind} function and config")
         parser.add_argument("fn", help="dotted function path, e.g. pipeline.models.stacked_core_full_gauss_readout")
         parser.add_argument("--config", default="{}", help="JSON object, or a .json/.yaml file")
         parser.add_argument("--comment", default="")
         parser.set_defaults(run=_run_add)
+    measure = kinds.choices["measure"]
+    measure.add_argument("--tier", choices=tables.Measure.TIERS, default="test", help="the tier it scores")
+    measure.add_argument("--name", help="its column in `v1fabrik scores` (default: the function's name)")
     seed = kinds.add_parser("seed", help="register random seeds")
     seed.add_argument("seeds", type=int, nargs="+")
     seed.set_defaults(run=_run_add_seed)
@@ -52,8 +56,13 @@ def _add_add(commands):
 
 def _run_add(args) -> int:
     activate()
-    table = {"dataset": tables.Dataset, "model": tables.Model, "trainer": tables.Trainer}[args.kind]
-    key = table().add_entry(args.fn, _config(args.config), comment=args.comment, skip_duplicates=True)
+    config = _config(args.config)
+    if args.kind == "measure":
+        key = tables.Measure().add_entry(args.fn, config, tier=args.tier, name=args.name, comment=args.comment,
+                                         skip_duplicates=True)
+    else:
+        table = {"dataset": tables.Dataset, "model": tables.Model, "trainer": tables.Trainer}[args.kind]
+        key = table().add_entry(args.fn, config, comment=args.comment, skip_duplicates=True)
     print(json.dumps(key))
     return 0
 
@@ -133,7 +142,7 @@ def _run_status(args) -> int:
 
 
 def _add_scores(commands):
-    scores = commands.add_parser("scores", help="one row per trained model: comments, seed and scores")
+    scores = commands.add_parser("scores", help="one row per trained model: comments, seed and every measure")
     scores.add_argument("--experiment")
     scores.add_argument("--format", choices=("table", "csv"), default="table")
     scores.set_defaults(run=_run_scores)
@@ -142,6 +151,8 @@ def _add_scores(commands):
 def _run_scores(args) -> int:
     activate()
     print(format_scores(scores_frame(args.experiment), args.format))
+    if args.format == "table":
+        print("\nmeasures:\n" + measures_frame().to_string(index=False))
     return 0
 
 

@@ -20,7 +20,7 @@ from .. import activate
 from ..jobs.populate import populate
 from ..tables import Dataset, Experiment, Model, Seed, TrainedModel, Trainer
 from ..tables.hashing import config_hash
-from ..tables.scores import TestCorrelation, scores_frame
+from ..tables.scores import measure_view, scores_frame
 from .scores import format_scores
 
 logger = logging.getLogger(__name__)
@@ -67,9 +67,9 @@ def write_figures(data_path, out: Path) -> list:
     data_key, loader = next(iter(dataloaders["test"].items()))
     learned = ground_truth.learned_rf_positions(model, data_key)
     true = ground_truth.true_rf_positions(model, loader, synthetic.load_ground_truth(data_path))
+    units = measure_view("test_correlation").Unit
     correlations = {
-        f"seed {key['seed']}": (TestCorrelation.Unit & key).to_arrays("unit_test_correlation").astype(float)
-        for key in keys
+        f"seed {key['seed']}": (units & key).to_arrays("unit_test_correlation").astype(float) for key in keys
     }
     figures = {"rf_positions_vs_truth.png": plots.rf_positions_vs_truth(learned, true),
                "test_correlations.png": plots.correlation_distributions(correlations)}

@@ -17,6 +17,7 @@ from ..tables.jobtable import JobLost
 from ..tables.trained import TrainedModel, TrainingHooks
 from . import preemption
 from .recovery import wait_for_database
+from .search import pruning
 from .settings import seconds
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,17 @@ class WorkerHooks(TrainingHooks):
         if self.schedule.due(stopping=preemption.requested()) and _written(save):
             self.schedule.written()
         preemption.checkpoint_reached()
+
+    def epoch_scored(self, key, epoch, score, state) -> None:
+        """Report the epoch to the model's study trials, whose pruner may stop the job (optuna.TrialPruned);
+        while the database is unreachable the epoch goes unreported and training goes on."""
+        try:
+            pruning.report(key, epoch, score, state)
+        except Exception as error:
+            if not (is_connection_error(error) or is_connection_error(getattr(error, "orig", None))):
+                raise  # optuna.TrialPruned, or a real error
+            logger.warning("epoch %s not reported to its study, the database is unreachable (%s); training goes on",
+                           epoch, type(error).__name__)
 
     def before_insert(self) -> None:
         wait_for_database()  # the result is in memory: keep it through a database restart

@@ -10,19 +10,25 @@ worker goes on with the next key.
 A worker heartbeats (:mod:`.heartbeat`) and the sweeper takes over the jobs of dead workers
 (:mod:`.sweep`); SIGTERM/SIGINT, transient errors and database outages put its job back in the
 queue instead of failing it (:mod:`.preemption`, :mod:`.recovery`). A worker asked to stop
-reserves nothing new.
+reserves nothing new. Each pass first stores the DataInfo of datasets that have none; a model that
+starts from another's core waits (no job yet) until that core is trained, and a worker with nothing
+else to do waits while another worker trains it. A worker whose queue is empty starts the next
+trial of a hyper-parameter study (:mod:`.search`), and a trial ends with its models' jobs.
 """
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 
+import optuna
+
 from .. import activate
 from ..server.connection import is_connection_error, is_lock_conflict
-from ..tables import SCORE_TABLES, Experiment, TrainedModel
+from ..tables import SCORE_TABLES, DataInfo, Experiment, TrainedModel
 from ..tables.jobtable import JobLost
 from . import lifecycle, preemption, recovery
 from .heartbeat import Heartbeat
+from .search import trials
 from .sweep import stale_reservations
 
 logger = logging.getLogger(__name__)
@@ -92,7 +98,7 @@ class Worker:
             if self._stopping() or self._quota_left() == 0:
                 break
             if not did_work:
-                if stale_reservations(interval_s):  # a dead worker's jobs will be re-pended soon
+                if stale_reservations(interval_s) or self._cores_in_training():  # work will come soon
                     time.sleep(interval_s)
                     continue
                 if not self.wait:
@@ -102,11 +108,13 @@ class Worker:
     def run_once(self) -> bool:
         """One pass: train what is pending (up to the quota), then score what is trained; True if anything ran."""
         restriction = self._restriction()
-        did_work = False
+        did_work = self._populate(DataInfo, restriction)
         if self._quota_left() != 0:
-            did_work = self._populate(TrainedModel, restriction)
+            did_work = self._populate(TrainedModel, restriction) or did_work
         for table in SCORE_TABLES:
             did_work = self._populate(table, restriction) or did_work
+        if not did_work and self._quota_left() != 0:
+            did_work = trials.ask_next(self.experiment)  # search: an empty queue starts a study's next trial
         return did_work
 
     def _populate(self, table, restriction) -> bool:
@@ -117,6 +125,8 @@ class Worker:
             pending = pending.restrict(condition, semantic_check=False)
         keys = pending.keys()
         random.shuffle(keys)
+        if table not in (TrainedModel, DataInfo):
+            keys = table.by_model(keys)  # a model's scores one after another: its predictions are computed once
         ran = False
         for key in keys:
             if self._stopping() or (table is TrainedModel and self._quota_left() == 0):
@@ -126,22 +136,38 @@ class Worker:
             failed = self._settle(table, result["error_list"])
             if table is TrainedModel:
                 self.trained += result["success_count"] + failed
+                if result["success_count"] or failed:
+                    trials.job_ended(key)  # search: a trial ends with its models' jobs
             ran = ran or bool(result["success_count"] or result["error_list"])
         return ran
 
     def _settle(self, table, errors) -> int:
-        """Hand back preempted jobs, retry transient failures, record the rest; returns how many failed for good."""
+        """Hand back preempted jobs, retry transient failures, record the rest; returns how many ended without a
+        result (failed for good, or pruned by their study)."""
         failed = 0
         for key, error in errors:
             if isinstance(error, preemption.Preempted):
                 recovery.hand_back(table, key)
                 self.preempted = True
+            elif isinstance(error, optuna.TrialPruned):  # search: not an error; the job is never run again
+                trials.mark_pruned(key)
+                failed += 1
             elif isinstance(error, JobLost):
                 logger.warning("%s job %s: result dropped (%s)", table.__name__, key, error)
             elif not (recovery.is_transient(error) and recovery.retry_transient(table, key, error)):
                 self.failed.append((key, f"{type(error).__name__}: {error}"))
                 failed += 1
         return failed
+
+    def _cores_in_training(self) -> bool:
+        """True while another worker trains a core that models in reach start from (they get jobs after it)."""
+        awaited = TrainedModel.awaited_cores(*self._restriction())
+        if not awaited:
+            return False
+        if TrainedModel.jobs.reserved & awaited:
+            return True
+        logger.info("%d model(s) wait for cores nobody is training: %s", len(awaited), awaited[:3])
+        return False
 
     def _stopping(self) -> bool:
         self.preempted = self.preempted or preemption.requested()

@@ -5,6 +5,11 @@ checkpoint to the process's :class:`TrainingHooks`, which decide when to write i
 ``Checkpoint`` row, autocommitted) and when to stop, so a job that dies resumes from its last
 checkpointed epoch; ``make_insert`` writes the result and weights and deletes the checkpoint in one
 transaction, and only while this process still holds the job's reservation.
+
+A model whose config starts from a trained core (``core_from``, see :mod:`.recipes`) gets that
+model's ``core.*`` weights as the model function's ``pretrained_core``; until its parent is trained it
+is not in ``key_source``, so its job waits rather than fails. ``load_model(include_dataloader=False)``
+rebuilds a model from its dataset's :class:`~.datainfo.DataInfo`, without the data files.
 """
 import contextlib
 import functools
@@ -24,8 +29,9 @@ from pipeline import builder
 from pipeline.training.checkpoints import state_from_arrays, state_to_arrays
 
 from ..server.sql import atomic, replace1
+from .datainfo import DataInfo
 from .jobtable import JobLost, OwnedJobs
-from .recipes import Dataset, Fabrikant, Model, Seed, Trainer
+from .recipes import CORE_FROM, TRAINED_KEY, Dataset, Fabrikant, Model, Seed, Trainer, core_parent
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,10 @@ class TrainingHooks:
     def epoch_done(self, save) -> None:
         """After each epoch: ``save()`` writes the checkpoint; may raise to stop the job."""
         save()
+
+    def epoch_scored(self, key, epoch, score, state) -> None:
+        """After each epoch, before :meth:`epoch_done`: the trainer's validation ``score`` (None or NaN when it
+        gave none); may raise to stop the job (a worker's study pruner does)."""
 
     def before_insert(self) -> None:
         """The result is in memory; called before make_insert."""
@@ -143,17 +153,51 @@ class TrainedModel(OwnedJobs, dj.Computed):
         state_dict : <blob>       # {parameter name: numpy array}; exact round trip, no pickle
         """
 
+    @property
+    def key_source(self):
+        """Every Dataset x Model x Trainer x Seed, except models whose ``core_from`` parent is not trained yet."""
+        return (Dataset.proj() * Model.proj() * Trainer.proj() * Seed.proj()) - _untrained_parents().proj()
+
+    @classmethod
+    def awaited_cores(cls, *restrictions) -> list:
+        """Keys of the untrained models whose cores models in ``restrictions`` start from (those wait for them)."""
+        awaited = _untrained_parents()
+        for restriction in restrictions:
+            awaited = awaited & restriction
+        return [{name: row[f"core_{name}"] for name in TRAINED_KEY} for row in awaited.to_dicts()]
+
+    @classmethod
+    def core_weights(cls, key) -> dict:
+        """``{name: array}`` of the trained model ``key``'s core (``core.`` stripped), for a model starting from it."""
+        stored = (cls.Weights & key).to_arrays("state_dict")
+        if not len(stored):
+            raise ValueError(f"{CORE_FROM} names {_describe(key)}, which is not trained")
+        core = {name.removeprefix("core."): value for name, value in stored[0].items() if name.startswith("core.")}
+        if not core:
+            raise ValueError(f"{CORE_FROM} names {_describe(key)}, whose weights have no core.* entries")
+        return core
+
     # --- tripartite make -------------------------------------------------------------------
     def make_fetch(self, key):
-        """The three recipes and the seed (cheap and deterministic)."""
+        """The three recipes, the seed and when the parent whose core the model starts from was trained (cheap)."""
         recipes = []
         for table in (Dataset, Model, Trainer):
             r = table.role
             recipes.append((table & key).fetch1(f"{r}_fn", f"{r}_config", f"{r}_comment"))
-        return (*recipes, key["seed"])
+        parent = core_parent(recipes[1][1])
+        parent_trained = None
+        if parent is not None:
+            trained = (TrainedModel & parent).to_arrays("trainedmodel_ts")
+            if not len(trained):
+                raise ValueError(f"{_describe(key)} starts from the core of {_describe(parent)}, which is not trained")
+            parent_trained = str(trained[0])
+        return (*recipes, key["seed"], parent_trained)
 
-    def make_compute(self, key, dataset, model, trainer, seed):
-        """Build data and model, train (resuming from a checkpoint), return the result. No transaction."""
+    def make_compute(self, key, dataset, model, trainer, seed, parent_trained):
+        """Build data and model, train (resuming from a checkpoint), return the result. No transaction.
+
+        ``parent_trained`` only serves DataJoint's check that make_fetch's result did not change meanwhile.
+        """
         with self.hooks.guard():
             result = self._train(key, dataset, model, trainer, seed)
         self.hooks.before_insert()
@@ -164,7 +208,8 @@ class TrainedModel(OwnedJobs, dj.Computed):
         for name, role in ((dataset_fn, "dataset"), (model_fn, "model")):
             builder.resolve_fn(name, role)  # every name is checked before anything is called
         trainer_fn = builder.resolve_fn(trainer_fn, "trainer")
-        dataloaders, net = builder.get_all_parts(dataset_fn, dataset_config, model_fn, model_config, seed=seed)
+        dataloaders, net = builder.get_all_parts(dataset_fn, dataset_config, model_fn, _with_parent_core(model_config),
+                                                 seed=seed)
         kwargs = dict(trainer_config)
         if self.device is not None and _accepts(trainer_fn, "device"):
             kwargs["device"] = self.device
@@ -176,8 +221,9 @@ class TrainedModel(OwnedJobs, dj.Computed):
             else:
                 logger.warning("%s has a checkpoint but its trainer takes no resume_state; starting over", _describe(key))
 
-        def epoch_done(epoch=None, state=None, **_):
+        def epoch_done(epoch=None, state=None, score=None, **_):
             if state is not None:
+                self.hooks.epoch_scored(key, epoch, score, state)
                 self.hooks.epoch_done(functools.partial(self._save_checkpoint, key, epoch, state))
 
         start = time.time()
@@ -228,20 +274,29 @@ class TrainedModel(OwnedJobs, dj.Computed):
         for table in (Dataset, Model) + ((Trainer,) if include_trainer else ()):
             fn, cfg = table().fn_config(key)
             config[f"{table.role}_fn"], config[f"{table.role}_config"] = fn, cfg
+        config["model_config"] = _with_parent_core(config["model_config"])
         config["seed"] = key["seed"]
         if include_state_dict:
             config["state_dict"] = (self.Weights & key).fetch1("state_dict")
         return config
 
     def load_model(self, key=None, include_dataloader=True, include_trainer=False, include_state_dict=True, seed=None):
-        """Rebuild ``(dataloaders, model)`` of ``key`` with its stored weights (``model`` alone without dataloaders)."""
+        """Rebuild ``(dataloaders, model[, trainer])`` of ``key`` with its stored weights.
+
+        With ``include_dataloader=False``: ``model`` (or ``(model, trainer)``), built from its dataset's
+        :class:`DataInfo` instead of the data, so the data files need not exist here.
+        """
+        key = self._one_key(key)
         config = self.get_full_config(key, include_state_dict=include_state_dict, include_trainer=include_trainer)
         if seed is not None:
             config["seed"] = seed
-        parts = builder.get_all_parts(**config)
         if include_dataloader:
-            return parts
-        return parts[1:] if include_trainer else parts[1]
+            return builder.get_all_parts(**config)
+        model = builder.get_model(config["model_fn"], config["model_config"], seed=config["seed"],
+                                  state_dict=config.get("state_dict"), data_info=DataInfo.of(key))
+        if include_trainer:
+            return model, builder.get_trainer(config["trainer_fn"], config["trainer_config"])
+        return model
 
     def _one_key(self, key):
         if key is None:
@@ -250,6 +305,20 @@ class TrainedModel(OwnedJobs, dj.Computed):
         if len(keys) != 1:
             raise ValueError(f"{len(keys)} trained models match {key}; give a key that selects exactly one")
         return keys[0]
+
+
+def _untrained_parents():
+    """The ``Model.CoreFrom`` rows whose parent TrainedModel does not exist (yet)."""
+    return Model.CoreFrom - TrainedModel.proj(**{f"core_{name}": name for name in TRAINED_KEY})
+
+
+def _with_parent_core(model_config) -> dict:
+    """The model config as the model function takes it: ``core_from`` replaced by the parent's core weights."""
+    parent = core_parent(model_config)
+    if parent is None:
+        return model_config
+    config = {name: value for name, value in model_config.items() if name != CORE_FROM}
+    return {**config, "pretrained_core": TrainedModel.core_weights(parent)}
 
 
 def _describe(key) -> str:

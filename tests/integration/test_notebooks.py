@@ -16,7 +16,8 @@ from pipeline.datasets import synthetic
 from tests.servers import REPO
 
 NOTEBOOKS = REPO / "notebooks"
-NAMES = ["01_baseline_cnn.ipynb", "02_run_experiments.ipynb", "03_query_scores.ipynb"]
+NAMES = ["01_baseline_cnn.ipynb", "02_run_experiments.ipynb", "03_query_scores.ipynb", "04_search_and_ensembles.ipynb",
+         "05_transfer.ipynb"]
 PRESET = "tiny"
 EXPERIMENT = "notebook baseline vs no shifter"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -109,3 +110,44 @@ def test_experiment_notebook_trains_and_query_notebook_plots_its_results(db_pref
     neurons = synthetic.PRESETS[PRESET]["n_neurons"]
     units = (schemas.TestCorrelation.Unit & trained).to_arrays("unit_test_correlation")
     assert len(units) == 4 * neurons and np.isfinite(units.astype(float)).all()
+
+
+@pytest.mark.slow
+def test_transfer_notebook_pretrains_a_core_and_transfers_it(db_prefix, notebook_env):
+    env, figures = notebook_env
+    env.setenv("V1FABRIK_SCHEMA_PREFIX", db_prefix)
+    import schemas
+
+    notebook = execute("05_transfer.ipynb")
+    combinations = schemas.Experiment.combinations("notebook core transfer")
+    assert len(schemas.TrainedModel & combinations) == 4
+    assert not schemas.TrainedModel.jobs.errors.restrict(combinations, semantic_check=False)
+    training = next(c for c in notebook.cells if c.cell_type == "code" and c.source.startswith("combinations = "))
+    printed = "".join(o.get("text", "") for o in training.outputs)
+    assert "models waiting for a core: 2\nafter the first populate: 2 trained" in printed  # the children waited
+    assert len(schemas.Model.CoreFrom & combinations) == 2
+    assert result(notebook, "key = children").endswith("True)")  # predictions without the data equal those with it
+    assert images(notebook) == 1
+    assert_pngs(figures, ["05_transfer_correlations.png"])
+
+
+@pytest.mark.slow
+def test_search_notebook_runs_a_study_and_ensembles_the_best_config(db_prefix, notebook_env):
+    env, figures = notebook_env
+    env.setenv("V1FABRIK_SCHEMA_PREFIX", db_prefix)
+    env.setenv("V1FABRIK_NOTEBOOK_EPOCHS", "3")
+    env.setenv("V1FABRIK_NOTEBOOK_TRIALS", "4")
+    env.setenv("V1FABRIK_NOTEBOOK_SEEDS", "2")
+    import schemas
+
+    notebook = execute("04_search_and_ensembles.ipynb")
+    study = f"notebook search {PRESET}"
+    states = eval(result(notebook, "states = "))  # {state: count}, e.g. {'COMPLETE': 3, 'PRUNED': 1}
+    assert sum(states.get(s, 0) for s in ("COMPLETE", "PRUNED")) == 4 and set(states) <= {"COMPLETE", "PRUNED"}
+    assert len(schemas.Study.Trial & {"experiment_name": study}) == 4
+    ensemble = schemas.Ensemble & {"ensemble_comment": f"best trial of {study}"}
+    assert len(ensemble) == 1 and len(schemas.Ensemble.Member & ensemble) == 2
+    assert len(schemas.EnsembleScore & ensemble) == len(schemas.Measure())
+    assert result(notebook, "dataloaders, model = ") == "('EnsembleModel', 2)"
+    assert images(notebook) == 3
+    assert_pngs(figures, ["04_study_history.png", "04_param_importances.png", "04_ensemble_vs_members.png"])

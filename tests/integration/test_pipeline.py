@@ -1,15 +1,13 @@
-"""The DataJoint pipeline against a real database server: recipes, workers, weights, scores, resume.
+"""The DataJoint pipeline against a real database server: recipes, workers, weights, resume (scores: test_measures).
 
 Tiny synthetic data and a tiny baseline model keep every training job to about a second.
 """
-import io
 import logging
 import os
 import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -18,11 +16,8 @@ from pipeline.datasets import synthetic
 from pipeline.training.checkpoints import state_from_arrays
 from pipeline.utility import scores
 from schemas.cli import status
-from schemas.cli.scores import format_scores
-from schemas.tables.scores import scores_frame
 from schemas.tables.hashing import UnhashableConfigError
 from schemas.tables.recipes import DuplicateEntryError
-from schemas.tables.scores import SCORE_TABLES
 from tests.integration import fabrik_functions
 
 HELPERS = fabrik_functions.__name__
@@ -128,8 +123,7 @@ def test_three_worker_processes_train_six_keys_exactly_once(fabrik, dataset_key,
     assert len(runs) == 6 and len({r.split()[0] for r in runs}) == 6  # six keys, each trained once
     assert len(trained) == 6 and len(fabrik.TrainedModel.Weights & trained) == 6
     assert not fabrik.Checkpoint & trained
-    for table in SCORE_TABLES:
-        assert len(table & trained) == 6
+    assert len(fabrik.Score & trained) == 6 * len(fabrik.Measure())  # every measure of every model
 
     # The stored weights reproduce the in-memory model of the same training, prediction for prediction.
     key = (trained & models[1] & {"seed": 2}).keys()[0]
@@ -144,61 +138,6 @@ def test_three_worker_processes_train_six_keys_exactly_once(fabrik, dataset_key,
     data_key = next(iter(loaders["test"]))
     expected = scores.model_predictions(model, dataloaders["test"][data_key], data_key)[1]
     assert np.array_equal(scores.model_predictions(loaded, loaders["test"][data_key], data_key)[1], expected)
-
-
-def _count_inserts(connection, monkeypatch) -> list:
-    """From now on, count the INSERT statements sent through ``connection`` (in the returned one-item list)."""
-    count, send = [0], connection.query
-
-    def query(sql, *args, **kwargs):
-        count[0] += sql.lstrip().upper().startswith("INSERT")
-        return send(sql, *args, **kwargs)
-
-    monkeypatch.setattr(connection, "query", query)
-    return count
-
-
-def test_score_tables_equal_direct_scores_with_one_unit_insert(fabrik, dataset_key, monkeypatch):
-    model = fabrik.Model().add_entry(MODEL, TINY_MODEL, skip_duplicates=True)
-    key = {**dataset_key, **model, **_trainer(fabrik), "seed": 3}
-    fabrik.TrainedModel.populate(key)
-    dataloaders, net = fabrik.TrainedModel().load_model(key)
-    direct = {
-        "TestCorrelation": scores.get_correlations(net, dataloaders, tier="test", as_dict=True),
-        "CorrelationToAverage": scores.get_signal_correlations(net, dataloaders, tier="test", as_dict=True),
-        "FEVE": scores.get_fev(net, dataloaders, tier="test", as_dict=True),
-        "OracleCorrelation": scores.get_oracles(dataloaders, tier="test", as_dict=True),
-    }
-    aggregate = {
-        "TestCorrelation": scores.get_correlations(net, dataloaders, tier="test", per_neuron=False),
-        "FractionOracle": scores.get_fraction_oracles(net, dataloaders, tier="test"),
-    }
-    data_key = next(iter(dataloaders["test"]))
-    unit_ids = dataloaders["test"][data_key].dataset.neurons.unit_ids
-    inserts = _count_inserts(fabrik.TrainedModel.connection, monkeypatch)
-    for table in SCORE_TABLES:
-        before = inserts[0]
-        table.populate(key)
-        assert inserts[0] - before == 2, f"{table.__name__}: master row + one batched unit insert"
-        units = (table.Unit & key).to_pandas().reset_index()
-        assert len(units) == len(unit_ids) > 1 and set(units.unit_id) == set(unit_ids)
-        if table.__name__ in direct:
-            values = units.set_index("unit_id").loc[unit_ids, f"unit_{table.measure}"].to_numpy()
-            expected = direct[table.__name__][data_key]
-            np.testing.assert_array_equal(values, np.where(np.isfinite(expected), expected, np.nan))  # NULL if undefined
-        if table.__name__ in aggregate:
-            assert (table & key).fetch1(table.measure) == aggregate[table.__name__]
-
-    # `v1fabrik scores`: the model's row carries the stored aggregates; CSV keeps them exactly.
-    frame = scores_frame()
-    row = frame[(frame.seed == key["seed"]) & (frame.validation == (fabrik.TrainedModel & key).fetch1("score"))]
-    assert len(row) == 1
-    for table in SCORE_TABLES:
-        stored = (table & key).fetch1(table.measure)
-        assert row[table.measure].item() == stored or (np.isnan(stored) and np.isnan(row[table.measure].item()))
-    numbers = ["seed", "validation"] + [table.measure for table in SCORE_TABLES]
-    from_csv = pd.read_csv(io.StringIO(format_scores(frame, "csv")))
-    pd.testing.assert_frame_equal(from_csv[numbers], frame[numbers], check_dtype=False, check_exact=True)
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(fabrik, dataset_key, caplog):

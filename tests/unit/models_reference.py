@@ -1,7 +1,9 @@
 """Test support for the model tests: small in-memory loaders and the reference model.
 
 ``reference_model`` assembles sensorium's ``stacked_core_full_gauss_readout`` (seed commit) from
-neuralpredictors 0.3.0 pieces, following the construction order of spec §2.1 step by step.
+neuralpredictors 0.3.0 pieces, following the construction order of spec §2.1 step by step; the
+readout-sharing options reach neuralpredictors' ``MultiReadoutSharedParametersBase`` as nnvision's
+model functions pass them (match ids from ``neurons.multi_match_id``).
 """
 import copy
 import random
@@ -66,7 +68,7 @@ def _reference_model(dataloaders, seed, **config):
         init_sigma=1.0, readout_bias=True, gamma_readout=4, elu_offset=0, stack=None,
         depth_separable=False, linear=False, gauss_type="full", grid_mean_predictor=None, shifter=None,
         input_channels_shifter=2, hidden_channels_shifter=5, shift_layers=3, gamma_shifter=0,
-        hidden_padding=None, core_bias=False,
+        hidden_padding=None, core_bias=False, share_features=False, share_grid=False, shared_match_ids=None,
     )
     c.update(config)
     loaders = dataloaders["train"] if "train" in dataloaders else dataloaders
@@ -99,11 +101,15 @@ def _reference_model(dataloaders, seed, **config):
     with torch.no_grad():
         out_shapes = {k: tuple(core(torch.zeros(1, *s[1:])).shape[1:]) for k, s in in_shapes.items()}
     core.train()
+    match_ids = c["shared_match_ids"]
+    if (c["share_features"] or c["share_grid"]) and match_ids is None:
+        match_ids = {k: l.dataset.neurons.multi_match_id for k, l in loaders.items()}
     readout = _ReferenceMultiReadout(
         in_shape_dict=out_shapes, loader=loaders, n_neurons_dict=n_neurons, init_mu_range=c["init_mu_range"],
         bias=c["readout_bias"], init_sigma=c["init_sigma"], gamma_readout=c["gamma_readout"],
         gauss_type=c["gauss_type"], grid_mean_predictor=predictor, grid_mean_predictor_type=predictor_type,
-        source_grids=source_grids,
+        source_grids=source_grids, share_features=c["share_features"], share_grid=c["share_grid"],
+        shared_match_ids=match_ids,
     )
     shifter = None
     if c["shifter"] is True:

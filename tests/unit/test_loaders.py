@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipeline.datasets import static_loaders
+from pipeline.datasets.filetree import FileTree
 from pipeline.datasets.synthetic import PRESETS, generate
 
 
@@ -122,7 +123,7 @@ def test_memmap_store_gives_the_same_batches(tiny, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("config", [dict(), dict(normalize=False), dict(inputs_mean=90.0, inputs_std=40.0),
-                                    dict(scale=0.5, include_behavior=True)])
+                                    dict(scale=1, include_behavior=True)])
 def test_uint8_lookup_gives_the_float64_result_bit_for_bit(tiny, config):
     dataset = static_loaders([str(tiny)], batch_size=8, **config)["train"]["90004-1-1"].dataset
     raw = {key: value[:8] for key, value in dataset.store.items()}
@@ -143,18 +144,25 @@ def test_per_pixel_image_statistics_are_not_looked_up(tiny):
     np.testing.assert_allclose(images.numpy(), (raw - mean) / 40.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "float32", "float64"])
-@pytest.mark.parametrize("scale", [0.25, 0.5])
-def test_images_rescaled_while_reading_give_the_per_batch_result_bit_for_bit(tmp_path, monkeypatch, dtype, scale):
+@pytest.fixture(scope="module", params=["uint8", "float32", "float64"])
+def tiny_of_each_dtype(tmp_path_factory, request):
+    return generate(tmp_path_factory.mktemp(request.param), seed=4, image_dtype=request.param, **PRESETS["tiny"])
+
+
+@pytest.mark.parametrize("config", [dict(), dict(scale=1), dict(scale=0.5), dict(scale=0.25),
+                                    dict(scale=0.25, normalize=False), dict(inputs_mean=90.0, inputs_std=40.0)])
+def test_images_transformed_while_read_give_the_per_batch_result_bit_for_bit(tiny_of_each_dtype, tmp_path,
+                                                                             monkeypatch, config):
     monkeypatch.setenv("V1FABRIK_CACHE", str(tmp_path / "cache"))
-    path = generate(tmp_path, seed=4, image_dtype=dtype, **PRESETS["tiny"])
-    config = dict(batch_size=16, include_behavior=True, include_eye_position=True, scale=scale)
-    loaders = static_loaders([str(path)], **config)["test"]["90004-1-1"]
+    path = tiny_of_each_dtype
+    dtype = FileTree(path).layout("images")[1]
+    config = dict(batch_size=16, include_behavior=True, include_eye_position=True, **config)
+    loader = static_loaders([str(path)], **config)["test"]["90004-1-1"]
     per_batch = static_loaders([str(path)], memmap=True, **config)["test"]["90004-1-1"]  # stores raw images
-    smaller = dtype != "uint8" or scale == 0.25  # rescaled float64 images take less memory than the raw ones
-    assert loaders.dataset.store["images"].shape[-2:] == ((18, 32) if smaller and scale == 0.5 else
-                                                          (9, 16) if smaller else (36, 64))
-    assert (loaders.dataset.transform.scale is None) == smaller
-    assert per_batch.dataset.store["images"].dtype == dtype and per_batch.dataset.transform.scale == scale
-    for a, b in zip(loaders, per_batch, strict=True):
+    scale = config.get("scale") or 1
+    raw_uint8 = dtype == "uint8" and scale > 0.5  # float32 would take more memory than the raw images
+    images = loader.dataset.store["images"]
+    assert images.dtype == (np.uint8 if raw_uint8 else np.float32) and images.shape[-1] == 64 * scale
+    assert per_batch.dataset.store["images"].dtype == dtype and per_batch.dataset.transform.scale == config.get("scale")
+    for a, b in zip(loader, per_batch, strict=True):
         assert all(torch.equal(x, y) for x, y in zip(a, b))

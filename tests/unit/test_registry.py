@@ -1,7 +1,6 @@
 """pipeline.registry: only functions registered for a role resolve, and nothing else a row names is imported."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import types
@@ -142,16 +141,6 @@ def probe(name=LAB, pythonpath=(), **env):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-@pytest.fixture(scope="module")
-def installed_lab(tmp_path_factory):
-    """The lab package, pip-installed (offline, from a copy, so no build files land in the tree) into a folder."""
-    tmp = tmp_path_factory.mktemp("lab")
-    shutil.copytree(REPO / "tests" / "lab_package", tmp / "src")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--target", str(tmp / "site"), str(tmp / "src")], check=True, timeout=300)
-    return tmp / "site"
 
 
 def test_a_lab_package_registers_through_its_entry_point(installed_lab):

@@ -80,6 +80,7 @@ class RepeatDataset(Dataset):
     def __init__(self, images, responses, frame_image_id):
         self.images, self.responses = images, responses
         self.trial_info = type("TrialInfo", (), {"frame_image_id": frame_image_id})()
+        self.neurons = type("Neurons", (), {"unit_ids": np.arange(101, 101 + responses.shape[1])})()
 
     def __len__(self):
         return len(self.responses)

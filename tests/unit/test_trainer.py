@@ -70,7 +70,7 @@ def test_resume_in_fresh_process_is_bit_exact(dataset_path, tmp_path):
     class Preempted(Exception):
         pass
 
-    def checkpoint_then_preempt(uid, epoch, model, state):
+    def checkpoint_then_preempt(uid, epoch, model, state, **_):
         if epoch == 3:
             np.savez(tmp_path / "epoch3.npz", **state_to_arrays(state))
             raise Preempted
@@ -92,7 +92,7 @@ def test_resume_in_fresh_process_is_bit_exact(dataset_path, tmp_path):
 def test_callback_can_supply_the_resume_state(dataset_path):
     states = {}
 
-    def keep(uid, epoch, model, state):
+    def keep(uid, epoch, model, state, **_):
         states[epoch] = state
 
     score, output, _ = train(dataset_path, cb=keep, max_iter=3)

@@ -163,15 +163,16 @@ def _check_path(path, recipes, where) -> None:
     recipe = recipes[role]
     if not nested:
         params = inspect.signature(builder.resolve_fn(recipe["fn"], role)).parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        named = first in params and params[first].kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        named = first in params and params[first].kind not in variadic
         if not named and not (takes_any and first in recipe["config"]):
             raise StudyFileError(f"{where}: space key {path!r} is unknown: {recipe['fn']} takes no argument {first!r}")
         return
     parent = recipe["config"]
     for i, key in enumerate([first, *nested]):
         if not isinstance(parent, dict) or key not in parent:
-            known = ".".join([role, first, *nested][: i + 1])
+            known = ".".join([role, first, *nested][: i + 2])
             raise StudyFileError(f"{where}: space key {path!r} is unknown: the base {role} config has no {known!r}")
         parent = parent[key]
 
