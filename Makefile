@@ -23,7 +23,10 @@ $(PY):
 	  $(PYTHON) -m venv $(VENV); }
 
 # torch first and pinned, so that resolving the package never pulls a multi-GB CUDA build.
+# The dashboard's browser tests drive Debian's Chromium through its chromedriver.
 $(STAMP): setup.py | $(PY)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  $(APT_INSTALL) chromium chromium-driver || { apt-get update -q && $(APT_INSTALL) chromium chromium-driver; }
 	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[test,postgres]'
 	@touch $@

@@ -28,6 +28,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline", "pipeline.*", "schemas", "schemas.*"]),
+    # cpu_kernels.cpp: the fused CPU kernels' source, compiled on first use (pipeline/models/cpu_kernels.py)
+    package_data={"schemas.cli.dashboard": ["templates/*.html"], "pipeline.models": ["cpu_kernels.cpp"]},
     install_requires=[
         # 2.13.0 is the CPU wheel on this machine's disk; GPU images install their own CUDA build.
         "torch>=2.6,<2.15",
@@ -39,6 +41,11 @@ setup(
         "matplotlib>=3.7",
         # hyper-parameter search (schemas/jobs/search): the study lives in the tables' database server
         "optuna>=5.0,<6",
+        # the read-only web dashboard (schemas/cli/dashboard)
+        "starlette>=0.40",
+        "uvicorn>=0.30",
+        "plotly>=5.20",
+        "jinja2>=3.1",
     ],
     extras_require={
         "test": [
@@ -52,6 +59,8 @@ setup(
             "nbclient>=0.7",
             "nbformat>=5.0",
             "ipykernel>=6.0",
+            # the dashboard's browser test drives Debian's chromium + chromium-driver (apt)
+            "selenium>=4.20",
         ],
         "postgres": ["psycopg2-binary>=2.9"],
     },

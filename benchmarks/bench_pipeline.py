@@ -8,8 +8,15 @@ scaleout: K = 1, 2, 4 ``v1fabrik worker`` processes on their own experiment of N
     (``slow_trainer``: a tiny epoch plus a pause) isolate the database and job-table overhead from the
     CPU, "cpu" jobs (``quick_trainer``, many epochs) are compute-bound. DB round trips per job come
     from the server's ``Questions``/``Com_*`` counters (the server serves only this benchmark).
+queue: the queue at cluster scale: K = ``--workers`` (1 4 16 32) worker processes on sleep jobs,
+    ``--rounds`` (≥ 2) jobs per worker. jobs/min two ways: end to end (jobs / (wall − the start-up of
+    K idle workers started together)), and steady (the jobs finished after the K-th over the time from
+    the K-th result to the last, from the results' timestamps: after the first round, start-up no
+    longer counts); round trips per job, the workers' summed resident memory and the machine's lowest
+    available memory.
 
     PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/bench_pipeline.py --out /tmp/pipeline.json
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_pipeline.py --kinds queue --skip-overhead --out /tmp/queue.json
 
 Results: ``benchmarks/results/pipeline.md``.
 """
@@ -23,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -154,33 +162,61 @@ def seed_model_blobs(fabrik, dataset_key, repeats=5) -> dict:
             "checkpoint_write_ms": 1000 * statistics.median(checkpoints)}
 
 
-def workers(k, experiment, home) -> float:
-    """Run ``k`` worker processes on ``experiment`` until it is done; returns the wall seconds."""
+class MemorySampler(threading.Thread):
+    """Every ``every_s``: the summed resident memory of ``pids`` and the machine's available memory (GiB)."""
+
+    def __init__(self, pids, every_s=2.0):
+        super().__init__(daemon=True)
+        self.pids, self.every_s, self.done = pids, every_s, threading.Event()
+        self.peak_rss_gib, self.min_available_gib = 0.0, float("inf")
+
+    def run(self):
+        while not self.done.wait(self.every_s):
+            rss = sum(_status_kib(f"/proc/{pid}/status", "VmRSS:") for pid in self.pids)
+            self.peak_rss_gib = max(self.peak_rss_gib, rss / 2**20)
+            self.min_available_gib = min(self.min_available_gib, _status_kib("/proc/meminfo", "MemAvailable:") / 2**20)
+
+
+def _status_kib(path, field) -> int:
+    try:
+        with open(path) as handle:
+            return next((int(line.split()[1]) for line in handle if line.startswith(field)), 0)
+    except OSError:  # the process has ended
+        return 0
+
+
+def workers(k, experiment, home) -> tuple:
+    """Run ``k`` worker processes on ``experiment`` until it is done; returns (wall seconds, memory sampler)."""
     env = {**os.environ, "V1FABRIK_ALLOWED_MODULES": HELPERS, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT), "V1FABRIK_SCHEMA_PREFIX": os.environ["V1FABRIK_SCHEMA_PREFIX"]}
     command = [sys.executable, "-m", "schemas.cli", "worker", "--device", "cpu", "--experiment", experiment]
     start = time.perf_counter()
     procs = [subprocess.Popen(command, env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for _ in range(k)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=1800)
-        if proc.returncode:
-            raise RuntimeError(f"worker exited with {proc.returncode}: {err.decode()[-2000:]}")
-    return time.perf_counter() - start
+    sampler = MemorySampler([proc.pid for proc in procs])
+    sampler.start()
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=3600)
+            if proc.returncode:
+                raise RuntimeError(f"worker exited with {proc.returncode}: {err.decode()[-2000:]}")
+    finally:
+        sampler.done.set()
+    return time.perf_counter() - start, sampler
 
 
 def scaleout(fabrik, dataset_key, home, kind, ks, n_models, n_seeds, trainer_config) -> list:
     """jobs/min and round trips per job for K workers, each K on a fresh experiment of n_models x n_seeds jobs."""
     trainer_fn = SLOW if kind == "sleep" else QUICK
     register(fabrik, f"{kind}-empty", dataset_key, trainer_fn, trainer_config, 1, [])
-    startup = workers(1, f"{kind}-empty", home)  # a worker with nothing to do: imports, connect, sweep
+    startup, _ = workers(1, f"{kind}-empty", home)  # a worker with nothing to do: imports, connect, sweep
     rows = []
     for i, k in enumerate(ks):
         name = f"{kind}-k{k}"
         seeds = range(100 * (i + 1), 100 * (i + 1) + n_seeds)
         n = register(fabrik, name, dataset_key, trainer_fn, trainer_config, n_models, seeds)
         before = counters()
-        wall = workers(k, name, home)
+        wall, _ = workers(k, name, home)
         after = counters()
         done = fabrik.TrainedModel & fabrik.Experiment.combinations(name)
         assert len(done) == n, f"{name}: {len(done)} of {n} jobs done"
@@ -194,6 +230,37 @@ def scaleout(fabrik, dataset_key, home, kind, ks, n_models, n_seeds, trainer_con
     return rows
 
 
+def queue(fabrik, dataset_key, home, ks, rounds, sleep_s) -> list:
+    """Sleep jobs for K workers (K × ``rounds`` jobs each time): jobs/min end to end and steady, round trips, memory."""
+    trainer_config = {"epochs": 1, "epoch_s": sleep_s}
+    rows = []
+    for i, k in enumerate(ks):
+        register(fabrik, f"queue-empty-k{k}", dataset_key, SLOW, trainer_config, 1, [])
+        startup, _ = workers(k, f"queue-empty-k{k}", home)  # K idle workers started together
+        name, n_models = f"queue-k{k}", min(4, k * rounds)
+        seeds = range(1000 * (i + 1), 1000 * (i + 1) + -(-k * rounds // n_models))
+        n = register(fabrik, name, dataset_key, SLOW, trainer_config, n_models, seeds)
+        before = counters()
+        wall, memory = workers(k, name, home)
+        after = counters()
+        done = fabrik.TrainedModel & fabrik.Experiment.combinations(name)
+        assert len(done) == n, f"{name}: {len(done)} of {n} jobs done"
+        finished = sorted(done.to_arrays("trainedmodel_ts"))  # one-second resolution
+        row = {"kind": "queue", "workers": k, "jobs": n, "sleep_s": sleep_s, "wall_s": wall, "startup_s": startup,
+               "jobs_per_min": 60 * n / (wall - startup),
+               "steady_jobs_per_min": 60 * (n - k) / max((finished[-1] - finished[k - 1]).total_seconds(), 1.0),
+               "trainer_s_per_job": float(done.to_arrays("duration").mean()),
+               "round_trips_per_job": {c: (after[c] - before[c]) / n for c in COUNTERS},
+               "workers_peak_rss_gib": memory.peak_rss_gib, "min_available_gib": memory.min_available_gib,
+               "load_average": os.getloadavg()[0]}
+        logger.info("%s", row)
+        rows.append(row)
+    for row in rows:
+        row["speed_up"] = row["jobs_per_min"] / rows[0]["jobs_per_min"]
+        row["steady_speed_up"] = row["steady_jobs_per_min"] / rows[0]["steady_jobs_per_min"]
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -202,7 +269,11 @@ def main():
     parser.add_argument("--cpu-epochs", type=int, default=25, help="epochs per cpu job")
     parser.add_argument("--jobs", type=int, nargs=2, default=[4, 4], metavar=("MODELS", "SEEDS"),
                         help="jobs per scale-out experiment = MODELS x SEEDS (cpu: MODELS x SEEDS/2)")
-    parser.add_argument("--kinds", nargs="+", choices=["sleep", "cpu"], default=["sleep", "cpu"])
+    parser.add_argument("--kinds", nargs="+", choices=["sleep", "cpu", "queue"], default=["sleep", "cpu"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16, 32], help="K of the queue kind")
+    parser.add_argument("--rounds", type=int, default=2, help="queue kind: jobs per worker")
+    parser.add_argument("--queue-sleep-s", type=float, default=60.0, help="queue kind: pause per job")
+    parser.add_argument("--skip-overhead", action="store_true", help="only the scale-out parts")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     home = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -229,9 +300,10 @@ def main():
                          "datajoint": __import__("datajoint").__version__,
                          "server": schemas.TrainedModel.connection.query("SELECT VERSION()").fetchone()[0]},
             "command": " ".join(["python", "benchmarks/bench_pipeline.py", *sys.argv[1:]]),
-            "overhead": overhead(schemas, dataset_key, args.overhead_jobs),
-            "seed_model": seed_model_blobs(schemas, dataset_key),
         }
+        if not args.skip_overhead:
+            record.update(overhead=overhead(schemas, dataset_key, args.overhead_jobs),
+                          seed_model=seed_model_blobs(schemas, dataset_key))
         logger.info("%s", record)
         models, seeds = args.jobs
         record["scaleout"] = []
@@ -241,7 +313,9 @@ def main():
         if "cpu" in args.kinds:
             record["scaleout"] += scaleout(schemas, dataset_key, home, "cpu", [1, 2], models, seeds // 2,
                                            {"epochs": args.cpu_epochs})
-        Path(args.out).write_text(json.dumps(record, indent=1))
+        if "queue" in args.kinds:
+            record["scaleout"] += queue(schemas, dataset_key, home, args.workers, args.rounds, args.queue_sleep_s)
+        Path(args.out).write_text(json.dumps(record, indent=1, default=str))
     finally:
         from schemas.server import local as dbserver
 

@@ -112,7 +112,7 @@ def main():
         studies = {}
         # Different sampler seeds: a config both studies asked for would be one model, pruned or trained once.
         for sampler_seed, pruner in ((0, {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 1}),
-                                     (1, {"name": "none"})):
+                                     (1, {"name": "none"})):  # the same TPE settings, another sequence
             spec = {"name": f"bench-{pruner['name']}", **base, "space": SPACE, "n_trials": args.trials, "seeds": [1],
                     "sampler": {"name": "tpe", "seed": sampler_seed, "n_startup_trials": 6}, "pruner": pruner}
             studies[pruner["name"]] = run_study(prefix, spec, args.workers)

@@ -39,9 +39,10 @@ class DepthSeparableConv2d(nn.Sequential):
 def run_layer(layer, x):
     """One conv → [BatchNorm] → [ELU] layer; BatchNorm + ELU as one fused kernel where it applies."""
     norm, nonlinearity = getattr(layer, "norm", None), getattr(layer, "nonlin", None)
-    if not (kernels_apply(x) and fused.batch_norm_elu_applies(norm, nonlinearity)):
+    if not fused.batch_norm_elu_applies(norm, nonlinearity):
         return layer(x)
-    return fused.batch_norm_elu(layer[0](x), norm)
+    x = layer[0](x)  # under autocast, a float32 input can give a bfloat16 output
+    return fused.batch_norm_elu(x, norm) if kernels_apply(x) else nonlinearity(norm(x))
 
 
 class Stacked2dCore(nn.Module):

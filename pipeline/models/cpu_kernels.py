@@ -26,7 +26,7 @@ ISA_FLAGS = {
 
 @functools.cache
 def ops():
-    """The ``torch.ops.v1fabrik`` kernels, built on first use, or None where they cannot be built or are switched off."""
+    """The ``torch.ops.v1fabrik`` kernels, built on first use; None where they cannot be built or are switched off."""
     if os.environ.get("V1FABRIK_CPU_KERNELS", "1") == "0":
         return None
     capability = torch.backends.cpu.get_cpu_capability()
@@ -60,5 +60,8 @@ def switched_off():
 
 
 def applies(x):
-    """Whether the fused kernels serve tensor ``x``: float32 on the CPU, kernels available and not switched off."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not _switched_off and ops() is not None
+    """Whether the fused kernels serve tensor ``x``: float32 on the CPU, kernels available and not switched
+    off, and not inside ``torch.compile`` (which generates its own kernels from torch's operators)."""
+    if torch.compiler.is_compiling() or _switched_off:
+        return False
+    return x.device.type == "cpu" and x.dtype == torch.float32 and ops() is not None

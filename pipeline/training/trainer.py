@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from ..registry import register
 from ..utility import scores
+from ..utility.allocator import keep_freed_memory
 from ..utility.devices import move_to_device, resolve_device
 from ..utility.seeding import set_random_seed
 from .checkpoints import capture_rng, copy_state_dict, restore_rng
@@ -138,6 +139,8 @@ def standard_trainer(
         per_neuron=False,
     )
     model.to(device)
+    if device.type == "cpu":
+        keep_freed_memory()  # large activations would otherwise be faulted in afresh every step
     set_random_seed(seed)
     model.train()
     optimizer = torch.optim.Adam(_parameter_groups(model, core_lr), lr=lr_init)

@@ -9,9 +9,10 @@ import logging
 import sys
 
 from ..server.local import ServerError
-from . import commands, db, search, slurm, submissions
+from . import commands, dashboard, db, search, slurm, submissions
 
-COMMANDS = [db.add_command, slurm.add_command, *commands.COMMANDS, *search.COMMANDS, *submissions.COMMANDS]
+COMMANDS = [db.add_command, slurm.add_command, dashboard.add_command, *commands.COMMANDS, *search.COMMANDS,
+            *submissions.COMMANDS]
 
 # Errors meant for people: printed as one line (with --debug, as a traceback).
 USER_ERRORS = (ValueError, TypeError, OSError, ServerError)

@@ -1,13 +1,10 @@
 """``v1fabrik search`` (register a study, show its trials or its storage URL) and ``v1fabrik ensemble``."""
 import json
-import logging
 
 from .. import activate
 from ..jobs.search import register, storage, trials
 from ..jobs.search.spec import StudySpec
 from ..tables import Ensemble
-
-logger = logging.getLogger(__name__)
 
 
 def add_search(commands):

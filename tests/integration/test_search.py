@@ -33,7 +33,9 @@ def tiny_path(tmp_path_factory):
 
 
 def study_file(path, name, n_trials=6, seeds=(1,), **overrides) -> dict:
-    """A study over the learning rate (down to rates that learn nothing, which the pruner stops) and the core."""
+    """A study over the learning rate and the core. In 4 epochs on the tiny data the core's width decides the
+    validation correlation (about 0.1 with 6 channels, 0.02 with 3); sampler seed 11 asks for 6, 6, 3, 3, 6, 3
+    channels, so with one complete trial enough for the median pruner the narrow trials are pruned."""
     spec = {
         "name": name,
         "dataset": {"fn": DATASET, "config": {"paths": [str(path)], "batch_size": 16, "include_eye_position": True}},
@@ -41,12 +43,12 @@ def study_file(path, name, n_trials=6, seeds=(1,), **overrides) -> dict:
         "trainer": {"fn": "pipeline.training.standard_trainer",
                     "config": {"max_iter": EPOCHS, "verbose": False, "device": "cpu"}},
         "space": {"trainer.lr_init": {"type": "float", "low": 1e-7, "high": 2e-2, "log": True},
-                  "model.hidden_channels": {"type": "int", "low": 3, "high": 6},
+                  "model.hidden_channels": {"type": "categorical", "choices": [3, 6]},
                   "model.grid_mean_predictor.hidden_features": {"type": "categorical", "choices": [4, 8]}},
         "n_trials": n_trials,
         "seeds": list(seeds),
-        "sampler": {"name": "random", "seed": 3},
-        "pruner": {"name": "median", "n_startup_trials": 2},
+        "sampler": {"name": "random", "seed": 11},
+        "pruner": {"name": "median", "n_startup_trials": 1},
     }
     return {**spec, **overrides}
 
@@ -119,7 +121,7 @@ def test_two_workers_run_a_study_to_exactly_n_trials_and_prune_the_bad_ones(fabr
 
 
 def test_killing_every_worker_mid_study_and_starting_new_ones_finishes_it(fabrik, tiny_path, db_prefix):
-    spec = study_file(tiny_path, "killed", n_trials=4, seeds=[1, 2], sampler={"name": "random", "seed": 11})
+    spec = study_file(tiny_path, "killed", n_trials=4, seeds=[1, 2], sampler={"name": "random", "seed": 12})
     register.register(StudySpec.from_dict(spec))
     workers = _workers(db_prefix, spec["name"], 2)
     deadline = time.monotonic() + 120
@@ -172,10 +174,11 @@ def test_cli_registers_a_study_file_and_prints_the_storage_url_without_the_passw
     assert url == storage.storage_url(db_prefix) and ":***@" in url and f"{db_prefix}optuna" in url
     assert dj.config["database.password"] not in done.stdout + done.stderr
 
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study_file(tiny_path, "from-cli", n_trials=3)))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study_file(tiny_path, "from-cli", n_trials=3), sort_keys=False))
     done = _cli(db_prefix, str(tmp_path / "study.yaml"))
     assert done.returncode == 0, done.stderr
-    assert "study 'from-cli': 3 trials of 1 seed(s) over trainer.lr_init, model.hidden_channels" in done.stdout
+    assert ("study 'from-cli': 3 trials of 1 seed(s) over trainer.lr_init, model.hidden_channels, "
+            "model.grid_mean_predictor.hidden_features; run it with") in done.stdout
     assert (fabrik.Study & {"experiment_name": "from-cli"}).fetch1("n_trials") == 3
     assert "study 'from-cli' has no trials yet" in _cli(db_prefix, "--trials", "from-cli").stdout
 

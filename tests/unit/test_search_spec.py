@@ -38,9 +38,12 @@ def test_space_becomes_distributions_and_trial_params_become_nested_configs():
 
 
 def test_seeded_samplers_continue_one_sequence_across_workers():
-    study = StudySpec.from_dict(spec(sampler={"name": "random", "seed": 7}))
-    assert study.make_sampler(3)._rng.rng.random() == StudySpec.from_dict(
-        spec(sampler={"name": "random", "seed": 10})).make_sampler(0)._rng.rng.random()
+    def draws(seed, trial_count):
+        sampler = StudySpec.from_dict(spec(sampler={"name": "random", "seed": seed})).make_sampler(trial_count)
+        return sampler._rng.rng.random(3).tolist()
+
+    assert draws(7, 3) == draws(7, 3)  # any worker asking for trial 3 draws the same
+    assert len({tuple(draws(seed, count)) for seed in (7, 8) for count in (0, 1, 2)}) == 6  # no shifted copies
     grid = StudySpec.from_dict(spec(sampler="grid", space={"model.hidden_channels": SPACE["model.hidden_channels"]}))
     assert grid.make_sampler(0)._search_space == {"model.hidden_channels": [4, 8, 12, 16]}
     assert isinstance(StudySpec.from_dict(spec(pruner="none")).make_pruner(), optuna.pruners.NopPruner)

@@ -25,6 +25,7 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 import yaml
 
@@ -121,12 +122,12 @@ class StudySpec:
             parent[keys[-1]] = value.item() if hasattr(value, "item") else value
         return configs
 
-    def make_sampler(self, seed_offset: int):
-        """The sampler; a seeded one is seeded with ``seed + seed_offset`` (the trial count), so that
-        workers asking in turn continue one sequence instead of repeating it."""
+    def make_sampler(self, trial_count: int):
+        """The sampler; a seeded one is seeded from ``(seed, trial_count)``, so that workers asking in turn
+        continue one reproducible sequence instead of repeating it (and another seed gives another one)."""
         options = {k: v for k, v in self.sampler.items() if k != "name"}
         if options.get("seed") is not None:
-            options["seed"] += seed_offset
+            options["seed"] = int(np.random.SeedSequence([options["seed"], trial_count]).generate_state(1)[0])
         if self.sampler["name"] == "grid":
             return optuna.samplers.GridSampler(_grid(self.space, self.name), **options)
         return SAMPLERS[self.sampler["name"]](**options)

@@ -53,7 +53,7 @@ def create_schema(prefix: str) -> None:
 
 @functools.lru_cache(maxsize=4)
 def open_storage(prefix: str) -> optuna.storages.RDBStorage:
-    """The Optuna storage of ``prefix`` (one per process); StorageUnavailable in one sentence when it cannot be opened."""
+    """The Optuna storage of ``prefix`` (one per process); StorageUnavailable, in one sentence, when it cannot open."""
     try:
         return optuna.storages.RDBStorage(storage_url(prefix, hide_password=False),
                                           engine_kwargs={"pool_pre_ping": True, "pool_recycle": 3600})

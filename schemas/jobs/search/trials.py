@@ -5,8 +5,9 @@ Optuna how trials ended), so a trial that is RUNNING in Optuna but not recorded 
 seen under the lock, was asked by a worker that died before recording it: it is failed and does not
 count. A recorded trial ends with its models' jobs: complete when every seed is trained (its value is
 the mean validation score), pruned when any seed was pruned (the other seeds' jobs are set to 'ignore'),
-failed when a job failed. Settling only reads the tables, so any worker, any time, brings Optuna up to date
-after a crash; workers settle before they ask, so a study killed mid-way continues where it was.
+failed when a job failed. Settling derives all of that from the tables, so any worker, any time, brings
+Optuna up to date after a crash; workers settle before they ask, so a study killed mid-way continues
+where it was.
 """
 import contextlib
 import functools
@@ -64,28 +65,26 @@ def lock_name(name: str) -> str:
     return "v1fabrik:study:" + hashlib.md5(f"{Study.database}/{name}".encode()).hexdigest()
 
 
-_handles = {}
+_handles = {}  # (schema, study name) -> StudyHandle
+_finished = set()  # (schema, study name) of studies this process saw with every trial recorded and none running
 
 
 def load(name: str) -> StudyHandle:
-    """The study ``name`` (cached per process)."""
-    if name not in _handles:
+    """The study ``name`` of the bound schema (cached per process)."""
+    if (Study.database, name) not in _handles:
         if not Study & {"experiment_name": name}:
             raise ValueError(f"no study named {name!r}; register one with `v1fabrik search STUDY.yaml`")
         row = (Study & {"experiment_name": name}).fetch1()
         spec = StudySpec.from_stored(row["spec"])
         study = optuna.load_study(study_name=name, storage=open_storage(prefix()), pruner=spec.make_pruner())
-        _handles[name] = StudyHandle(name, spec, row["study_fabrikant"], study)
-    return _handles[name]
-
-
-_finished = set()  # studies this process saw with every trial recorded and none running
+        _handles[Study.database, name] = StudyHandle(name, spec, row["study_fabrikant"], study)
+    return _handles[Study.database, name]
 
 
 def ask_next(experiment=None) -> bool:
     """Settle the studies (of ``experiment`` only, if given) and start the next trial of one that has trials
     left; True when a trial was recorded (its jobs are pending now)."""
-    names = [n for n in _study_names(experiment) if n not in _finished]
+    names = [n for n in _study_names(experiment) if (Study.database, n) not in _finished]
     random.shuffle(names)
     for name in names:
         with server_lock(lock_name(name)):
@@ -96,7 +95,7 @@ def ask_next(experiment=None) -> bool:
                 _ask_and_record(handle)
                 return True
             if not running:
-                _finished.add(name)
+                _finished.add((Study.database, name))
     return False
 
 
@@ -186,8 +185,8 @@ def _study_names(experiment) -> list:
 
 
 @functools.lru_cache(maxsize=64)
-def _trials_of(key_items: tuple) -> tuple:
-    """``((handle, trial number), ...)`` of the trials that train the model with this key."""
+def _trials_of(database: str, key_items: tuple) -> tuple:
+    """``((handle, trial number), ...)`` of the trials that train the model with this key in ``database``."""
     key = dict(key_items)
     recipe = {k: key[k] for k in TrainedModel.primary_key if k != "seed"}
     found = []
@@ -200,4 +199,4 @@ def _trials_of(key_items: tuple) -> tuple:
 
 def trials_of(key) -> tuple:
     """``((handle, trial number), ...)`` of the trials that train the model ``key`` (cached per process)."""
-    return _trials_of(tuple(sorted((k, key[k]) for k in TrainedModel.primary_key)))
+    return _trials_of(Study.database, tuple(sorted((k, key[k]) for k in TrainedModel.primary_key)))

@@ -1,0 +1,145 @@
+"""What the dashboard shows, read from the tables as plain Python values (it never writes)."""
+import numpy as np
+
+from ...tables import (SCORE_TABLES, Checkpoint, DataInfo, Dataset, Experiment, Measure, Model, PrunedModel, Study,
+                       TrainedModel, Trainer)
+from ...tables.hashing import config_hash
+from ...tables.recipes import TRAINED_KEY
+from ...tables.scores import Score, measure_names
+
+RECIPES = (Dataset, Model, Trainer, Measure)
+QUEUE_TABLES = (DataInfo, TrainedModel, *SCORE_TABLES)
+
+
+def model_id(key) -> str:
+    """A short stable id of a trained model's key, used in page names."""
+    return config_hash({k: key[k] for k in TRAINED_KEY})[:12]
+
+
+def experiments() -> list:
+    """Each experiment: name, owner, comment, combinations and how many of them are trained."""
+    rows = []
+    for exp in Experiment.to_dicts(order_by="experiment_name"):
+        combos = Experiment.Restriction & {"experiment_name": exp["experiment_name"]}
+        rows.append({"name": exp["experiment_name"], "owner": exp["experiment_fabrikant"],
+                     "comment": exp["experiment_comment"], "combinations": len(combos),
+                     "trained": len(TrainedModel & combos.proj())})
+    return rows
+
+
+def recipes() -> dict:
+    """``{role: [{fn, hash, comment, config}]}`` for Dataset, Model, Trainer and Measure."""
+    return {t.role: [{"fn": r[f"{t.role}_fn"], "hash": r[f"{t.role}_hash"], "comment": r[f"{t.role}_comment"],
+                      "config": r[f"{t.role}_config"]} for r in t.to_dicts(order_by=f"{t.role}_fn, {t.role}_hash")]
+            for t in RECIPES}
+
+
+def queue() -> list:
+    """Per computed table: job counts, done rows, reserved jobs (with a training job's checkpoint epoch), errors."""
+    tables = []
+    for table in QUEUE_TABLES:
+        jobs = table.jobs
+        counts = jobs.progress()
+        reserved = []
+        for job in jobs.reserved.to_dicts(order_by="reserved_time"):
+            key = {k: job[k] for k in table.primary_key}
+            epoch = (Checkpoint & key).to_arrays("epoch") if table is TrainedModel else []
+            reserved.append({"key": key, "host": job["host"], "pid": job["pid"], "since": job["reserved_time"],
+                             "epoch": int(epoch[0]) if len(epoch) else None})
+        errors = [{"key": {k: job[k] for k in table.primary_key}, "host": job["host"], "time": job["completed_time"],
+                   "message": job["error_message"]} for job in jobs.errors.to_dicts(order_by="completed_time DESC")]
+        tables.append({"table": table.__name__, "pending": counts["pending"], "reserved": reserved, "errors": errors,
+                       "done": len(table())})
+    return tables
+
+
+def flat(config, prefix="") -> dict:
+    """A nested config as ``{dotted.path: value}``."""
+    if isinstance(config, dict) and config:
+        return {k: v for name, sub in config.items() for k, v in flat(sub, f"{prefix}{name}.").items()}
+    return {prefix.rstrip("."): config}
+
+
+def config_differences(keys) -> list:
+    """``[{column: value}]`` per model key: the recipe config entries that differ between the keys."""
+    configs = [{} for _ in keys]
+    for table in (Dataset, Model, Trainer):
+        r = table.role
+        by_key = {(row[f"{r}_fn"], row[f"{r}_hash"]): row[f"{r}_config"] for row in table.to_dicts()}
+        for config, key in zip(configs, keys):
+            config[f"{r}.fn"] = key[f"{r}_fn"].rsplit(".", 1)[-1]
+            config.update({f"{r}.{k}": v for k, v in flat(by_key[key[f"{r}_fn"], key[f"{r}_hash"]]).items()})
+    columns = sorted({c for config in configs for c in config})
+    differing = [c for c in columns if len({repr(config.get(c)) for config in configs}) > 1]
+    return [{c: config.get(c) for c in differing} for config in configs]
+
+
+def scores() -> tuple:
+    """``(rows, measure columns, config columns)``: every trained model with its scores and config differences."""
+    trained = {model_id(key): key for key in TrainedModel.proj().to_dicts()}
+    values = (Score * Measure.proj("measure_name")).to_dicts()
+    measures = measure_names()
+    rows, ids = [], list(trained)
+    diffs = dict(zip(ids, config_differences([trained[i] for i in ids])))
+    for i, key in trained.items():
+        mine = {v["measure_name"]: v["value"] for v in values if all(v[k] == key[k] for k in TRAINED_KEY)}
+        score, comment = (TrainedModel & key).fetch1("score", "comment")
+        rows.append({"id": i, "seed": key["seed"], "comment": comment, "validation": float(score),
+                     "scores": {m: mine.get(m) for m in measures}, "config": diffs[i]})
+    rows.sort(key=lambda row: -row["validation"])
+    return rows, measures, sorted({c for d in diffs.values() for c in d})
+
+
+def find_model(mid: str) -> dict | None:
+    """The trained model key with id ``mid``, or None."""
+    return next((key for key in TrainedModel.proj().to_dicts() if model_id(key) == mid), None)
+
+
+def curves(output) -> dict:
+    """``{name: [values]}``: every numeric per-epoch series of a trainer's output (not booleans, not epoch numbers)."""
+    series = {}
+    for name, value in flat(output).items():
+        if name.endswith("epoch") or not isinstance(value, (list, tuple, np.ndarray)) or len(value) < 2:
+            continue
+        array = np.asarray(value)
+        if array.ndim == 1 and array.dtype.kind in "iuf":
+            series[name] = array.astype(float).tolist()
+    return series
+
+
+def rf_positions(state_dict) -> dict:
+    """``{readout: (x, y)}``: the learned readout positions (``*._mu``, last axis x, y) of a state dict."""
+    return {name.removesuffix("._mu"): (array.reshape(-1, 2)[:, 0].tolist(), array.reshape(-1, 2)[:, 1].tolist())
+            for name, array in state_dict.items() if name.endswith("._mu") and array.shape[-1] == 2}
+
+
+def model(key) -> dict:
+    """One trained model: recipes, provenance, training curves, per-neuron values per measure, RF positions."""
+    row = (TrainedModel & key).fetch1()
+    units = {}
+    for measure in (Measure & (Score & key)).to_dicts(order_by="measure_name"):
+        values = (Score.Unit & key & measure).to_arrays("unit_value")
+        units[measure["measure_name"]] = [float(v) for v in values if v is not None]
+    weights = (TrainedModel.Weights & key).to_arrays("state_dict")
+    return {"key": key, "score": float(row["score"]), "comment": row["comment"], "host": row["host"],
+            "device": row["device"], "duration": float(row["duration"]), "code_version": row["code_version"],
+            "trained": row["trainedmodel_ts"], "fabrikant": row["fabrikant_name"],
+            "configs": {t.role: (t & key).fetch1(f"{t.role}_config") for t in (Dataset, Model, Trainer)},
+            "curves": curves(row["output"]), "units": units, "rf": rf_positions(weights[0]) if len(weights) else {}}
+
+
+def studies() -> list:
+    """Each study with its trials in order: number, params, mean score over trained seeds, pruned or not."""
+    result = []
+    for study in Study.to_dicts(order_by="experiment_name"):
+        name = study["experiment_name"]
+        trials = []
+        for trial in (Study.Trial & {"experiment_name": name}).to_dicts(order_by="trial_number"):
+            recipe = {k: trial[k] for k in TRAINED_KEY if k != "seed"}
+            score = (TrainedModel & recipe & (Experiment.Restriction & {"experiment_name": name})).to_arrays("score")
+            trials.append({"number": trial["trial_number"], "params": trial["params"],
+                           "score": float(np.mean(score)) if len(score) else None,
+                           "pruned": bool(PrunedModel & recipe)})
+        result.append({"name": name, "owner": study["study_fabrikant"], "n_trials": study["n_trials"],
+                       "comment": study["study_comment"], "trials": trials})
+    return result

@@ -1,0 +1,51 @@
+"""The dashboard's Plotly figures as HTML fragments (plotly.js itself is served once, as static/plotly.min.js)."""
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+LAYOUT = {"height": 360, "margin": {"l": 50, "r": 20, "t": 40, "b": 45}, "template": "plotly_white"}
+
+
+def _html(figure, div_id) -> str:
+    return figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
+
+
+def training_curves(curves: dict) -> str:
+    """One line per per-epoch series of the trainer's output."""
+    figure = go.Figure([go.Scatter(x=list(range(1, len(v) + 1)), y=v, mode="lines+markers", name=name)
+                        for name, v in curves.items()])
+    figure.update_layout(title="training history", xaxis_title="epoch", showlegend=True, **LAYOUT)
+    return _html(figure, "curves")
+
+
+def unit_histograms(units: dict) -> str:
+    """The distribution of each measure's per-neuron values, one panel per measure (their scales differ)."""
+    figure = make_subplots(rows=len(units), cols=1, subplot_titles=list(units), vertical_spacing=0.5 / len(units))
+    for row, (name, values) in enumerate(units.items(), start=1):
+        figure.add_trace(go.Histogram(x=values, name=name, nbinsx=40, showlegend=False), row=row, col=1)
+        figure.update_yaxes(title_text="neurons", row=row, col=1)
+    figure.update_layout({**LAYOUT, "height": 60 + 200 * len(units)}, title="per-neuron values")
+    return _html(figure, "units")
+
+
+def rf_positions(rf: dict) -> str:
+    """The learned readout positions of each readout, in the readout's grid coordinates."""
+    figure = go.Figure([go.Scatter(x=x, y=y, mode="markers", name=name, marker={"size": 5})
+                        for name, (x, y) in rf.items()])
+    figure.update_layout(title="learned RF positions (readout grid, -1..1)", xaxis_title="x", yaxis_title="y",
+                         yaxis_scaleanchor="x", **LAYOUT)
+    return _html(figure, "rf")
+
+
+def optimisation_history(trials: list, name: str) -> str:
+    """Each finished trial's mean score and the best so far, over trial numbers."""
+    done = [t for t in trials if t["score"] is not None]
+    best, running = [], float("-inf")
+    for trial in done:
+        running = max(running, trial["score"])
+        best.append(running)
+    numbers = [t["number"] for t in done]
+    figure = go.Figure([go.Scatter(x=numbers, y=[t["score"] for t in done], mode="markers", name="trial"),
+                        go.Scatter(x=numbers, y=best, mode="lines", name="best so far", line={"shape": "hv"})])
+    figure.update_layout(title=f"optimisation history of {name}", xaxis_title="trial", xaxis_dtick=1,
+                         yaxis_title="score", **LAYOUT)
+    return _html(figure, f"history-{name}")
