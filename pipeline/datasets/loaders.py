@@ -3,7 +3,7 @@
 Differences from the reference, all deliberate (README "Datasets"):
 - arrays are read once into memory and batches are transformed as a whole (``__getitems__``); images
   are rescaled and normalised once, as they are read, when the result takes no more memory than the
-  raw images (float images; uint8 ones at scale ≤ 0.5);
+  raw images (float32/float64 images at scale ≤ 1; uint8 ones at scale ≤ 0.5);
 - zips are extracted into a user cache, never next to the data; ``config.json`` is never written;
 - batches are always CPU tensors (``cuda`` is ignored with a warning), picklable, so
   ``num_workers > 0`` works;
@@ -181,7 +181,7 @@ def _tier_indices(tree, tier, image_ids, image_n, image_base_seed):
 
 def _images_on_read(tree: FileTree, transform: BatchTransform):
     """``transform``'s image steps as a ``FileTree.load`` reduce, if their float32 result is no larger
-    than the raw images (e.g. any float images at scale ≤ 1, uint8 ones at scale ≤ 0.5); else None.
+    than the raw images (float32/float64 images at scale ≤ 1, uint8 ones at scale ≤ 0.5); else None.
 
     Rescaling and normalising work image by image, so doing them once as the images are read gives
     the same batches bit for bit; they then cost once per job instead of once per epoch, and the

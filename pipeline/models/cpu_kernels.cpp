@@ -1,8 +1,8 @@
-// Fused float32 CPU backward kernels of the baseline CNN's training step, on channels-last data:
-// the Gaussian readout (bilinear sample + feature contraction; per-image gathers, no (B, C, N)
-// intermediate, no scatter across threads), BatchNorm + ELU, and the depthwise convolution's weight
-// gradient. The forward passes stay torch's own operators (bit-identical outputs).
-// Built on first use by pipeline/models/cpu_kernels.py; parallel with ATen's thread pool.
+// Fused float32 CPU kernels of the baseline CNN's training step, on channels-last data: the Gaussian
+// readout's sampled products (torch's arithmetic, bit for bit) and its backward pass (per-image
+// gathers, no (B, C, N) intermediate, no scatter across threads), BatchNorm + ELU's backward pass,
+// and the depthwise convolution's weight gradient. Built on first use by
+// pipeline/models/cpu_kernels.py (with -ffp-contract=off); parallel with ATen's thread pool.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -47,9 +47,10 @@ inline Taps taps(float gx, float gy, int64_t H, int64_t W) {
   return t;
 }
 
-// products[b, c, n] = grid_sample(x, grid)[b, c, n] * features[n, c] with torch's arithmetic (same
-// operations in the same order, no contraction), so that torch's sum over c gives the readout's
-// output bit for bit. x (B, H, W, C), grid (B, N, 2), features (N, C); returns (B, C, N).
+// products[b, c, n] = grid_sample(x, grid)[b, c, n] * features[n, c] with torch's arithmetic (the same
+// operations in the same order, fused multiply-adds where torch's build has them), so that torch's
+// sum over c gives the readout's output bit for bit (fused.py checks this once per process).
+// x (B, H, W, C), grid (B, N, 2), features (N, C); returns (B, C, N).
 Tensor readout_products(const Tensor& x, const Tensor& grid, const Tensor& features) {
   check_float(x, "x"), check_float(grid, "grid"), check_float(features, "features");
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3), N = grid.size(1);
@@ -182,7 +183,8 @@ std::tuple<Tensor, Tensor> bn_elu_backward_sums(const Tensor& dy, const Tensor& 
 // dx = scale * (dz - mean_dz) + slope * (x - mean), per channel.
 Tensor bn_elu_backward_input(const Tensor& dy, const Tensor& y, const Tensor& x, const Tensor& mean,
                              const Tensor& scale, const Tensor& mean_dz, const Tensor& slope) {
-  for (const Tensor* t : {&dy, &y, &x, &mean, &scale, &mean_dz, &slope}) check_float(*t, "bn_elu_backward_input argument");
+  for (const Tensor* t : {&dy, &y, &x, &mean, &scale, &mean_dz, &slope})
+    check_float(*t, "bn_elu_backward_input argument");
   const int64_t M = x.size(0), C = x.size(1);
   Tensor dx = at::empty_like(x);
   const float *gp = dy.data_ptr<float>(), *yp = y.data_ptr<float>(), *xp = x.data_ptr<float>();
@@ -255,7 +257,8 @@ Tensor depthwise_weight_grad(const Tensor& grad, const Tensor& x, int64_t kh, in
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t i = 0; i < kh; ++i) {
         const int64_t oh = ih + ph - i * dh;  // the output row that reads this input row through kernel row i
-        if (oh >= 0 && oh < Ho) row_taps(gp + (b * Ho + oh) * Wo * C, x_pad.data(), Wo, C, kw, dw, acc.data() + i * kw * C);
+        if (oh >= 0 && oh < Ho)
+          row_taps(gp + (b * Ho + oh) * Wo * C, x_pad.data(), Wo, C, kw, dw, acc.data() + i * kw * C);
       }
       for (int64_t q = 0; q < taps * C; ++q) total[q] += acc[q];
     }
