@@ -57,7 +57,10 @@ class Heartbeat:
         self.sweeping = False
 
     def start(self) -> "Heartbeat":
+        """Register, beat and sweep once before returning (a new worker's first pass then finds the jobs of
+        dead workers already pending), then go on from the thread."""
         replace1(LiveWorker, {**self.ident, "device": self._device})
+        self._connection = self._tick(None)
         self._thread.start()
         logger.info("worker %s:%d registered; heartbeat every %g s, grace %g s",
                     *self.ident.values(), self.interval_s, self.grace_s)
@@ -72,22 +75,25 @@ class Heartbeat:
             logger.warning("could not deregister this worker (%s)", error)
 
     def _run(self):
-        connection = None
-        while True:
-            try:
-                connection = connection or private_connection()
-                self._beat(connection)
-                if self.sweeping or try_lock(connection, self._lock):
-                    self.sweeping = True
-                    sweep.sweep(connection, self.grace_s, self._jobs)
-                    self.sweeps += 1
-            except Exception as error:  # a database outage must not kill the thread; beat again later
-                logger.warning("heartbeat failed (%s: %s); retrying in %g s",
-                               type(error).__name__, error, self.interval_s)
-                connection, self.sweeping = _closed(connection), False
-            if self._stopped.wait(self.interval_s):
-                _closed(connection)
-                return
+        connection = self._connection
+        while not self._stopped.wait(self.interval_s):
+            connection = self._tick(connection)
+        _closed(connection)
+
+    def _tick(self, connection):
+        """One beat, and a sweep when this worker holds (or takes) the sweeper lock; returns the connection to reuse."""
+        try:
+            connection = connection or private_connection()
+            self._beat(connection)
+            if self.sweeping or try_lock(connection, self._lock):
+                self.sweeping = True
+                sweep.sweep(connection, self.grace_s, self._jobs)
+                self.sweeps += 1
+        except Exception as error:  # a database outage must not kill the thread; beat again later
+            logger.warning("heartbeat failed (%s: %s); retrying in %g s",
+                           type(error).__name__, error, self.interval_s)
+            connection, self.sweeping = _closed(connection), False
+        return connection
 
     def _beat(self, connection):
         q = connection.adapter.quote_identifier

@@ -306,7 +306,7 @@ def test_swept_worker_drops_its_result_and_another_worker_finishes(fabrik, tiny_
 
         _wait_for(swept, timeout_s=10, what="the sweep of worker A", workers=workers)
         _wait_for(lambda: fabrik.TrainedModel & key, timeout_s=60, what="worker B to finish the job", workers=workers)
-        _wait_for(lambda: all(len(table & key) for table in SCORE_TABLES), timeout_s=60, what="the job's scores",
+        _wait_for(lambda: len(fabrik.Score & key) == len(fabrik.Measure), timeout_s=60, what="the job's scores",
                   workers=workers)
         (fabrik.TrainedModel.jobs & ghost_key).delete_quick()  # nothing left to wait for: both workers exit
         (fabrik.LiveWorker & ghost).delete_quick()
