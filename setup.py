@@ -38,6 +38,8 @@ setup(
         "pandas>=2.0",
         "tqdm>=4.60",
         "pyyaml>=6.0",
+        # torch builds the fused CPU kernels (pipeline/models/cpu_kernels.py) with ninja
+        "ninja>=1.11",
         "matplotlib>=3.7",
         # hyper-parameter search (schemas/jobs/search): the study lives in the tables' database server
         "optuna>=5.0,<6",

@@ -10,6 +10,8 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -30,6 +32,8 @@ def ops():
     if os.environ.get("V1FABRIK_CPU_KERNELS", "1") == "0":
         return None
     capability = torch.backends.cpu.get_cpu_capability()
+    if shutil.which("ninja") is None:  # torch builds with ninja: the pip package's, in this environment's scripts folder
+        os.environ["PATH"] = sysconfig.get_path("scripts") + os.pathsep + os.environ.get("PATH", "")
     try:
         cpp_extension.load(
             name=f"v1fabrik_cpu_kernels_{capability.lower().replace(' ', '_')}",

@@ -306,7 +306,7 @@ def test_swept_worker_drops_its_result_and_another_worker_finishes(fabrik, tiny_
 
         _wait_for(swept, timeout_s=10, what="the sweep of worker A", workers=workers)
         _wait_for(lambda: fabrik.TrainedModel & key, timeout_s=60, what="worker B to finish the job", workers=workers)
-        _wait_for(lambda: len(fabrik.Score & key) == len(fabrik.Measure), timeout_s=60, what="the job's scores",
+        _wait_for(lambda: len(fabrik.Score & key) == len(fabrik.Measure()), timeout_s=60, what="the job's scores",
                   workers=workers)
         (fabrik.TrainedModel.jobs & ghost_key).delete_quick()  # nothing left to wait for: both workers exit
         (fabrik.LiveWorker & ghost).delete_quick()
@@ -500,6 +500,9 @@ def test_standard_trainer_killed_and_resumed_ends_bit_exact(fabrik, tiny_path, d
         assert not fabrik.TrainedModel & key, "the job finished before it was killed"
         killed_after = (fabrik.Checkpoint & key).fetch1("epoch")
         assert 1 <= killed_after < config["max_iter"] - 1
+        # a worker that finds the job reserved by a worker that beat a moment ago leaves it to that worker
+        _wait_for(lambda: sweep.stale_reservations(float(timing["V1FABRIK_HEARTBEAT_S"])), timeout_s=10,
+                  what="the killed worker to miss its beats")
         second = _worker(db_prefix, "resume", tmp_path, "second", timing)
         workers.append(second)
         assert second.wait(timeout=120) == 0, _output(second)

@@ -34,15 +34,16 @@ def tiny_path(tmp_path_factory):
 
 def study_file(path, name, n_trials=6, seeds=(1,), **overrides) -> dict:
     """A study over the learning rate and the core. In 4 epochs on the tiny data the core's width decides the
-    validation correlation (about 0.1 with 6 channels, 0.02 with 3); sampler seed 11 asks for 6, 6, 3, 3, 6, 3
-    channels, so with one complete trial enough for the median pruner the narrow trials are pruned."""
+    validation correlation (about 0.1 with 6 channels, 0.02 with 3), so once one trial is complete (enough for
+    the median pruner) the narrow trials are pruned. Which wide trials complete depends on which worker asks
+    first: a wide trial may be pruned by a slightly better wide one."""
     spec = {
         "name": name,
         "dataset": {"fn": DATASET, "config": {"paths": [str(path)], "batch_size": 16, "include_eye_position": True}},
         "model": {"fn": MODEL, "config": TINY_MODEL, "comment": "tiny"},
         "trainer": {"fn": "pipeline.training.standard_trainer",
                     "config": {"max_iter": EPOCHS, "verbose": False, "device": "cpu"}},
-        "space": {"trainer.lr_init": {"type": "float", "low": 1e-7, "high": 2e-2, "log": True},
+        "space": {"trainer.lr_init": {"type": "float", "low": 5e-3, "high": 2e-2, "log": True},
                   "model.hidden_channels": {"type": "categorical", "choices": [3, 6]},
                   "model.grid_mean_predictor.hidden_features": {"type": "categorical", "choices": [4, 8]}},
         "n_trials": n_trials,
@@ -88,8 +89,9 @@ def _check_study(fabrik, study, spec):
             assert len(trained) == len(keys) and trial.value == pytest.approx(trained.to_arrays("score").mean(), abs=1e-12)
             assert len(trial.intermediate_values) == EPOCHS * len(keys)
         else:
-            pruned = (fabrik.PrunedModel & keys).to_dicts()
-            assert pruned and not fabrik.TrainedModel.Weights & keys and not fabrik.Checkpoint & keys
+            pruned = (fabrik.PrunedModel & keys).to_dicts()  # a seed that finished before the pruning stays trained
+            assert pruned and not fabrik.TrainedModel.Weights & (fabrik.PrunedModel & keys).proj()
+            assert not fabrik.Checkpoint & keys
             assert all(p["epoch"] < EPOCHS and len(p["history"]["validation_corr"]) == p["epoch"] for p in pruned)
             assert len(fabrik.TrainedModel.jobs.ignored & keys) + len(trained) == len(keys)
     assert not fabrik.TrainedModel.jobs.errors & fabrik.Experiment.combinations(spec["name"]).keys()
@@ -106,7 +108,7 @@ def test_two_workers_run_a_study_to_exactly_n_trials_and_prune_the_bad_ones(fabr
     elapsed = time.monotonic() - started
 
     by_state = _check_study(fabrik, _study(db_prefix, spec["name"]), spec)
-    assert by_state[TrialState.PRUNED] and len(by_state[TrialState.COMPLETE]) >= 2, by_state
+    assert by_state[TrialState.PRUNED] and by_state[TrialState.COMPLETE], by_state
     assert not by_state[TrialState.FAIL] and not by_state[TrialState.RUNNING]
     # a pruned trial was below the median of the trials complete then, so below the best complete one now
     for trial in by_state[TrialState.PRUNED]:

@@ -24,6 +24,7 @@ from ...server.sql import atomic, server_lock
 from ...tables import Dataset, Experiment, Model, TrainedModel, Trainer
 from ...tables.hashing import config_hash
 from ...tables.search import PrunedModel, Study
+from ...tables.trained import Checkpoint
 from .spec import ROLES, StudySpec
 from .storage import open_storage
 
@@ -133,9 +134,10 @@ def _tell_outcome(handle, number, keys) -> bool:
     pruned = PrunedModel & keys
     pruned_jobs = TrainedModel.jobs.errors & keys & f"error_message LIKE '{PRUNED_MESSAGE}'"
     if pruned or pruned_jobs:
-        for key in keys:  # the trial's other seeds never run
+        for key in keys:  # the trial's other seeds never run (nor resume: a killed worker's checkpoint goes)
             if not (TrainedModel & key or TrainedModel.jobs.reserved & key or TrainedModel.jobs.ignored & key):
                 TrainedModel.jobs.ignore(key)
+                (Checkpoint & key).delete_quick()
         handle.study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)
         logger.info("study %s: trial %d pruned", handle.name, number)
         return True
