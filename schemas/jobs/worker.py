@@ -76,6 +76,7 @@ class Worker:
         return self
 
     def _loop(self, interval_s):
+        waited = False  # the last pass found nothing while jobs waited for the sweep
         while not self._stopping():
             try:
                 did_work = self.run_once()
@@ -99,7 +100,11 @@ class Worker:
                 break
             if not did_work:
                 if stale_reservations(interval_s) or self._cores_in_training():  # work will come soon
+                    waited = True
                     time.sleep(interval_s)
+                    continue
+                if waited:  # the sweep may have re-pended a job after this pass looked: look once more
+                    waited = False
                     continue
                 if not self.wait:
                     break

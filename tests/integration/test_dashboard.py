@@ -179,7 +179,11 @@ def test_every_served_page_shows_the_database_numbers_without_console_errors(fab
         units = {row[0]: row[1:] for row in _cells(browser, "#unit-stats tr:has(td)")}
         measure = fabrik.Measure & {"measure_name": "test_correlation"}
         values = (fabrik.Score.Unit * measure & key).to_arrays("unit_value")
-        assert units["test_correlation"][:2] == [str(len(values)), f"{np.mean(values.astype(float)):.4f}"]
+        stored = (fabrik.Score * measure & key).fetch1("value")
+        assert units["test_correlation"][:3] == [str(len(values)), f"{stored:.4f}",
+                                                 f"{np.sort(values.astype(float))[len(values) // 2]:.4f}"]
+        feve = (fabrik.Score * (fabrik.Measure & {"measure_name": "feve"}) & key).fetch1("value")
+        assert units["feve"][1] == (f"{feve:.4f}" if feve is not None else "undefined")
         assert browser.find_element(By.ID, "curves") and browser.find_element(By.ID, "rf")  # history and positions
 
     _load(browser, server + "studies.html", _shot("studies"))

@@ -114,18 +114,21 @@ def rf_positions(state_dict) -> dict:
 
 
 def model(key) -> dict:
-    """One trained model: recipes, provenance, training curves, per-neuron values per measure, RF positions."""
+    """One trained model: recipes, provenance, training curves, per measure its stored aggregate (the measure's
+    own, e.g. FEVE over the neurons with FEV >= 0.15) and per-neuron values, RF positions."""
     row = (TrainedModel & key).fetch1()
-    units = {}
-    for measure in (Measure & (Score & key)).to_dicts(order_by="measure_name"):
+    units, aggregates = {}, {}
+    for name in (Measure & (Score & key)).to_arrays("measure_name", order_by="measure_name"):
+        measure = Measure & {"measure_name": name}
         values = (Score.Unit & key & measure).to_arrays("unit_value")
-        units[measure["measure_name"]] = [float(v) for v in values if v is not None]
+        units[name] = [float(v) for v in values if v is not None]
+        aggregates[name] = (Score & key & measure).fetch1("value")
     weights = (TrainedModel.Weights & key).to_arrays("state_dict")
     return {"key": key, "score": float(row["score"]), "comment": row["comment"], "host": row["host"],
             "device": row["device"], "duration": float(row["duration"]), "code_version": row["code_version"],
             "trained": row["trainedmodel_ts"], "fabrikant": row["fabrikant_name"],
             "configs": {t.role: (t & key).fetch1(f"{t.role}_config") for t in (Dataset, Model, Trainer)},
-            "curves": curves(row["output"]), "units": units, "rf": rf_positions(weights[0]) if len(weights) else {}}
+            "curves": curves(row["output"]), "units": units, "aggregates": aggregates, "rf": rf_positions(weights[0]) if len(weights) else {}}
 
 
 def studies() -> list:

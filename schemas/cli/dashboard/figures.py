@@ -1,4 +1,5 @@
 """The dashboard's Plotly figures as HTML fragments (plotly.js itself is served once, as static/plotly.min.js)."""
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -18,9 +19,14 @@ def training_curves(curves: dict) -> str:
 
 
 def unit_histograms(units: dict) -> str:
-    """The distribution of each measure's per-neuron values, one panel per measure (their scales differ)."""
+    """The distribution of each measure's per-neuron values, one panel per measure (their scales differ); values
+    beyond Tukey's far-out fences (3 interquartile ranges past the quartiles) are drawn in the edge bins, so one
+    neuron without explainable variance does not flatten the FEVE panel."""
     figure = make_subplots(rows=len(units), cols=1, subplot_titles=list(units), vertical_spacing=0.5 / len(units))
     for row, (name, values) in enumerate(units.items(), start=1):
+        if values:
+            q1, q3 = np.percentile(values, [25, 75])
+            values = np.clip(values, q1 - 3 * (q3 - q1), q3 + 3 * (q3 - q1))
         figure.add_trace(go.Histogram(x=values, name=name, nbinsx=40, showlegend=False), row=row, col=1)
         figure.update_yaxes(title_text="neurons", row=row, col=1)
     figure.update_layout({**LAYOUT, "height": 60 + 200 * len(units)}, title="per-neuron values")
