@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -58,7 +57,14 @@ def measure(impl: str, dataset: str, scale: float, batch_size: int, threads: int
         cpus.append(time.process_time() - cpu)
         start, cpu = time.perf_counter(), time.process_time()
     return {"items": n, "cold_s": epochs[0], "warm_s": epochs[1], "cold_cpu_s": cpus[0], "warm_cpu_s": cpus[1],
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux keeps ``ru_maxrss`` across fork and exec, so a measuring
+    process would report the parent's peak (e.g. of writing the synthetic data); VmHWM is its own."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def synthetic_datasets(folder: Path, dtypes, n_neurons: int) -> list:

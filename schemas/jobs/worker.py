@@ -123,7 +123,11 @@ class Worker:
         return did_work
 
     def _populate(self, table, restriction) -> bool:
-        """Refresh ``table``'s queue, then run its pending keys one by one in a random order; True if any ran."""
+        """Refresh ``table``'s queue, then run its pending keys one by one in a random order; True if any ran.
+
+        A training job ends the pass: by then most keys listed before it are reserved by other workers, and
+        trying each of them would cost database reads that grow with the number of workers.
+        """
         table.jobs.refresh(*restriction, delay=-1)
         pending = table.jobs.pending & "scheduled_time <= CURRENT_TIMESTAMP(3)"
         for condition in restriction:
@@ -144,6 +148,8 @@ class Worker:
                 if result["success_count"] or failed:
                     trials.job_ended(key)  # search: a trial ends with its models' jobs
             ran = ran or bool(result["success_count"] or result["error_list"])
+            if ran and table is TrainedModel:
+                break
         return ran
 
     def _settle(self, table, errors) -> int:
