@@ -11,12 +11,16 @@
 - ``trials``: per tier, ``n`` trials and, when the dataset has them, their ``frame_image_id`` in the
   loader's order;
 - ``normalisation``: ``{field: (offset, spread)}``, the loader's ``(x - offset) / spread``, ``{}``
-  when unknown.
+  when unknown;
+- ``true_rf_centers``: for a synthetic dataset with its ground truth beside it, the neurons' true RF
+  centres (N, 2) in the stimulus grid (what the dashboard compares the learned positions with); else None.
 
 Model functions take it in place of the dataloaders (``model_fn(None, seed, data_info=...)``).
 """
 import numpy as np
 import torch
+
+from ..utility import ground_truth
 
 
 def dims_per_data_key(loaders):
@@ -51,6 +55,7 @@ def _describe(key, dims, dataloaders) -> dict:
         "mean_responses": _mean_responses(loader, fields[1]),
         "trials": {tier: _trials(loaders[key]) for tier, loaders in dataloaders.items() if key in loaders},
         "normalisation": {field: tuple(pair) for field, pair in getattr(dataset, "normalisation", {}).items()},
+        "true_rf_centers": ground_truth.true_rf_centers(loader),
     }
 
 

@@ -5,7 +5,7 @@ Used by the training benchmark, ``make demo`` and the "it learns the truth" test
 import numpy as np
 import torch
 
-from ..datasets.synthetic import behaviour_gain, load_ground_truth, to_core_grid
+from ..datasets.synthetic import behaviour_gain, ground_truth_path, load_ground_truth, to_core_grid
 from . import scores
 
 
@@ -28,21 +28,35 @@ def learned_rf_positions(model, data_key) -> np.ndarray:
 def true_rf_positions(model, loader, truth: dict) -> np.ndarray:
     """The true RF centres (N, 2) of the loader's neurons, in the grid of ``model``'s core output.
 
-    ``truth`` is the dataset's ``load_ground_truth``. The crop is measured: the core's output size
-    against the loader's image size (align_corners=True coordinates on both, as the readout's
-    ``grid_sample``).
+    ``truth`` is the dataset's ``load_ground_truth``.
     """
-    channels, height, width = next(iter(loader)).images.shape[1:]  # behaviour may add channels to the image
-    image_shape = (height, width)
+    input_shape = next(iter(loader)).images.shape[1:]  # behaviour may add channels to the image
+    return to_core_output_grid(model, input_shape, truth["rf_centers"][_neuron_rows(loader)])
+
+
+def to_core_output_grid(model, input_shape, centers) -> np.ndarray:
+    """``centers`` (N, 2, stimulus grid) in the grid of ``model``'s core output for inputs of shape
+    ``(channels, height, width)``. The crop is measured: the core's output size against the input's
+    (align_corners=True coordinates on both, as the readout's ``grid_sample``)."""
+    channels, *image_shape = input_shape
     parameter = next(model.core.parameters())
     with torch.no_grad(), scores.eval_mode(model.core):
         core_shape = tuple(model.core(torch.zeros(1, channels, *image_shape, dtype=parameter.dtype,
                                                   device=parameter.device)).shape[-2:])
     crops = {(a - b) / 2 for a, b in zip(image_shape, core_shape)}
     if len(crops) != 1:
-        raise ValueError(f"the core crops {image_shape} to {core_shape} unevenly; cannot map RF centres onto it")
-    centers = truth["rf_centers"][_neuron_rows(loader)]
+        raise ValueError(f"the core crops {tuple(image_shape)} to {core_shape} unevenly; cannot map RF centres onto it")
     return to_core_grid(centers, image_shape, crops.pop())
+
+
+def true_rf_centers(loader):
+    """The true RF centres (N, 2, stimulus grid) of the loader's neurons when its dataset is a synthetic one
+    with its ground truth beside it; else None. Reads only the centres from the ground-truth file."""
+    path = getattr(loader.dataset, "path", None)
+    if path is None or not ground_truth_path(path).exists():
+        return None
+    with np.load(ground_truth_path(path), allow_pickle=False) as truth:
+        return truth["rf_centers"][_neuron_rows(loader)]
 
 
 def truth_scores(model, dataloaders, dataset_path, device="cpu") -> dict:

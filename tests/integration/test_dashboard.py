@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.datasets import synthetic
+from pipeline.utility import ground_truth
 from schemas.cli import main as cli
 from schemas.cli.dashboard import data
 from tests.conftest import REPO
@@ -27,8 +28,8 @@ POSITIONS = {k: v for k, v in TINY_MODEL.items() if k != "grid_mean_predictor"} 
 
 @pytest.fixture(scope="module")
 def lab(fabrik, db_prefix, tmp_path_factory):
-    """Two trained and scored models (lr 0.01 and 0.02), a third seed pending, one reserved at a checkpoint,
-    one failed, and a study with two trials."""
+    """Two trained and scored models (lr 0.01 and 0.02) and their scored ensemble, a third seed pending, one
+    reserved at a checkpoint, one failed, and a study with two trials."""
     path = synthetic.generate(tmp_path_factory.mktemp("data"), **synthetic.PRESETS["tiny"])
     dataset = fabrik.Dataset().add_entry(DATASET, {"paths": [str(path)], "batch_size": 16,
                                                    "include_eye_position": True}, comment="tiny")
@@ -38,6 +39,9 @@ def lab(fabrik, db_prefix, tmp_path_factory):
     trained = [{**dataset, **model, **trainers[0], "seed": 1}, {**dataset, **model, **trainers[1], "seed": 1}]
     fabrik.TrainedModel.populate(trained)
     fabrik.Score.populate()
+    fabrik.DataInfo.populate()  # models then open without their data, and the truth comes along
+    ensemble = fabrik.Ensemble().create(trained, comment="both learning rates")
+    fabrik.EnsembleScore.populate(ensemble)
     jobs = fabrik.TrainedModel.jobs
     jobs.refresh()
     reserved, failed = {**trained[0], "seed": 2}, {**trained[1], "seed": 2}
@@ -48,7 +52,7 @@ def lab(fabrik, db_prefix, tmp_path_factory):
                           "n_trials": 4, "spec": {"name": "dash"}})
     fabrik.Study.Trial.insert([{"experiment_name": "dash", "trial_number": n, "params": {"trainer.lr": lr}, **dataset,
                                 **model, **t} for n, (lr, t) in enumerate(zip((0.01, 0.02), trainers))])
-    return {"trained": trained, "reserved": reserved}
+    return {"trained": trained, "reserved": reserved, "ensemble": ensemble, "path": path}
 
 
 def _free_port() -> int:
@@ -155,9 +159,15 @@ def test_every_served_page_shows_the_database_numbers_without_console_errors(fab
     assert [e[3] for e in errors] == ["CUDA out of memory on the test GPU"]
 
     _load(browser, server + "scores.html", _shot("scores"))
-    rows = browser.find_elements(By.CSS_SELECTOR, "#scores tbody tr")
+    models = "#scores tbody tr:not([data-model^=ensemble])"
+    rows = browser.find_elements(By.CSS_SELECTOR, models)
     stored = {data.model_id(k): k for k in lab["trained"]}
     assert sorted(r.get_attribute("data-model") for r in rows) == sorted(stored)
+    ensemble = browser.find_element(By.CSS_SELECTOR, f"#scores tr[data-model=ensemble-{lab['ensemble']['ensemble_hash'][:12]}]")
+    cell = ensemble.find_element(By.CSS_SELECTOR, "td[data-measure=test_correlation]")
+    value = (fabrik.EnsembleScore * fabrik.Measure & lab["ensemble"] & 'measure_name="test_correlation"').fetch1("value")
+    assert float(cell.text) == pytest.approx(value, abs=1e-4)
+    assert ensemble.find_elements(By.TAG_NAME, "td")[1].text == "ensemble of 2"
     headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#scores th")]
     assert "trainer.lr" in headers and "trainer.epochs" not in headers  # only the differing config entries
     for row in rows:
@@ -169,9 +179,9 @@ def test_every_served_page_shows_the_database_numbers_without_console_errors(fab
         assert float(cell.text) == pytest.approx(test_corr, abs=1e-4)
     lr = headers.index("trainer.lr")
     browser.find_elements(By.CSS_SELECTOR, "#scores th")[lr].click()  # descending
-    assert [r[lr] for r in _cells(browser, "#scores tbody tr")] == ["0.02", "0.01"]
+    assert [r[lr] for r in _cells(browser, models)] == ["0.02", "0.01"]
     browser.find_element(By.ID, "filter").send_keys("lr 0.01")
-    visible = [r for r in browser.find_elements(By.CSS_SELECTOR, "#scores tbody tr") if r.is_displayed()]
+    visible = [r for r in browser.find_elements(By.CSS_SELECTOR, models) if r.is_displayed()]
     assert [r.find_elements(By.TAG_NAME, "td")[lr].text for r in visible] == ["0.01"]
 
     for name, key in zip(("model", "model-2"), lab["trained"]):
@@ -185,12 +195,20 @@ def test_every_served_page_shows_the_database_numbers_without_console_errors(fab
         feve = (fabrik.Score * (fabrik.Measure & {"measure_name": "feve"}) & key).fetch1("value")
         assert units["feve"][1] == (f"{feve:.4f}" if feve is not None else "undefined")
         assert browser.find_element(By.ID, "curves") and browser.find_element(By.ID, "rf")  # history and positions
+        dataloaders, net = fabrik.TrainedModel().load_model(key)  # the truth, computed here from the files
+        (data_key, loader), = dataloaders["train"].items()
+        learned = ground_truth.learned_rf_positions(net, data_key)
+        true = ground_truth.true_rf_positions(net, loader, synthetic.load_ground_truth(lab["path"]))
+        r_x, r_y = (np.corrcoef(learned[:, axis], true[:, axis])[0, 1] for axis in (0, 1))
+        shown = browser.find_element(By.CSS_SELECTOR, f".rf-truth[data-readout='readout.{data_key}']").text
+        assert f"r = {r_x:.4f} (x), {r_y:.4f} (y)" in shown.replace("\n", " ")
 
     _load(browser, server + "studies.html", _shot("studies"))
     trials = _cells(browser, ".trials[data-study=dash] tr:has(td)")
     scores = [(fabrik.TrainedModel & k).fetch1("score") for k in lab["trained"]]
     assert [(t[0], float(t[1])) for t in trials] == [("0", pytest.approx(s, abs=1e-4)) for s in scores[:1]] + [
         ("1", pytest.approx(scores[1], abs=1e-4))]
+    assert browser.find_element(By.ID, "params-dash")  # parallel coordinates of the trials' parameters
 
 
 def test_static_pages_are_the_same_pages_as_files(fabrik, lab, db_prefix, browser, tmp_path, capsys, monkeypatch):

@@ -5,7 +5,7 @@ import torch
 
 from pipeline.datasets import static_loaders
 from pipeline.datasets.data_info import data_info
-from pipeline.datasets.synthetic import PRESETS, generate
+from pipeline.datasets.synthetic import PRESETS, generate, ground_truth_path, load_ground_truth
 from pipeline.models import stacked_core_full_gauss_readout
 from tests.unit.models_reference import SEED_GRID_PREDICTOR
 
@@ -74,3 +74,13 @@ def test_missing_inputs_are_named(dataloaders):
         del item["neurons"]["cell_motor_coordinates"]
     with pytest.raises(ValueError, match="neurons.cell_motor_coordinates"):
         stacked_core_full_gauss_readout(None, 0, data_info=info, **MODEL)
+
+
+def test_data_info_carries_the_true_rf_centres_of_a_synthetic_dataset_only(tmp_path):
+    path = generate(tmp_path / "one", **PRESETS["tiny"], seed=3)
+    loaders = static_loaders([str(path)], batch_size=16, neuron_ids=[[5, 1, 40]])
+    (item,) = data_info(loaders).values()
+    np.testing.assert_array_equal(item["true_rf_centers"], load_ground_truth(path)["rf_centers"][[4, 0, 39]])
+    ground_truth_path(path).unlink()  # a recording has no ground truth
+    (item,) = data_info(static_loaders([str(path)], batch_size=16)).values()
+    assert item["true_rf_centers"] is None

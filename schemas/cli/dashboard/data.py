@@ -1,11 +1,13 @@
 """What the dashboard shows, read from the tables as plain Python values (it never writes)."""
 import numpy as np
 
-from ...tables import (SCORE_TABLES, Checkpoint, DataInfo, Dataset, Experiment, Measure, Model, PrunedModel, Study,
-                       TrainedModel, Trainer)
+from pipeline.utility.ground_truth import learned_rf_positions, to_core_output_grid
+
+from ...tables import (SCORE_TABLES, Checkpoint, DataInfo, Dataset, Ensemble, Experiment, Measure,
+                       Model, PrunedModel, Study, TrainedModel, Trainer)
 from ...tables.hashing import config_hash
 from ...tables.recipes import TRAINED_KEY
-from ...tables.scores import Score, measure_names
+from ...tables.scores import EnsembleScore, Score, measure_names
 
 RECIPES = (Dataset, Model, Trainer, Measure)
 QUEUE_TABLES = (DataInfo, TrainedModel, *SCORE_TABLES)
@@ -75,7 +77,8 @@ def config_differences(keys) -> list:
 
 
 def scores() -> tuple:
-    """``(rows, measure columns, config columns)``: every trained model with its scores and config differences."""
+    """``(rows, measure columns, config columns)``: every trained model with its scores and config differences,
+    then every ensemble with its scores (no validation score; its members in place of a config)."""
     trained = {model_id(key): key for key in TrainedModel.proj().to_dicts()}
     values = (Score * Measure.proj("measure_name")).to_dicts()
     measures = measure_names()
@@ -85,9 +88,18 @@ def scores() -> tuple:
         mine = {v["measure_name"]: v["value"] for v in values if all(v[k] == key[k] for k in TRAINED_KEY)}
         score, comment = (TrainedModel & key).fetch1("score", "comment")
         rows.append({"id": i, "seed": key["seed"], "comment": comment, "validation": float(score),
-                     "scores": {m: mine.get(m) for m in measures}, "config": diffs[i]})
+                     "scores": {m: mine.get(m) for m in measures}, "config": diffs[i], "page": True})
     rows.sort(key=lambda row: -row["validation"])
-    return rows, measures, sorted({c for d in diffs.values() for c in d})
+    ensemble_values = (EnsembleScore * Measure.proj("measure_name")).to_dicts()
+    for ensemble in Ensemble.to_dicts(order_by="ensemble_ts"):
+        mine = {v["measure_name"]: v["value"] for v in ensemble_values if v["ensemble_hash"] == ensemble["ensemble_hash"]}
+        members = Ensemble.Member & {"ensemble_hash": ensemble["ensemble_hash"]}
+        rows.append({"id": "ensemble-" + ensemble["ensemble_hash"][:12], "seed": f"ensemble of {len(members)}",
+                     "comment": ensemble["ensemble_comment"], "validation": None,
+                     "scores": {m: mine.get(m) for m in measures}, "page": False,
+                     "config": {"members": ", ".join(model_id(k) for k in members.to_dicts())}})
+    columns = sorted({c for d in diffs.values() for c in d}) + (["members"] if len(rows) > len(trained) else [])
+    return rows, measures, columns
 
 
 def find_model(mid: str) -> dict | None:
@@ -107,10 +119,35 @@ def curves(output) -> dict:
     return series
 
 
-def rf_positions(state_dict) -> dict:
-    """``{readout: (x, y)}``: the learned readout positions (``*._mu``, last axis x, y) of a state dict."""
-    return {name.removesuffix("._mu"): (array.reshape(-1, 2)[:, 0].tolist(), array.reshape(-1, 2)[:, 1].tolist())
-            for name, array in state_dict.items() if name.endswith("._mu") and array.shape[-1] == 2}
+def rf_positions(key, state_dict) -> dict:
+    """``{readout: {"learned": (x, y), "true": (x, y) or None, ...}}``: where each readout looks, in its core output's
+    grid; with the truth also ``r_x``, ``r_y`` (Pearson r, learned against true) and ``median_error``.
+
+    With the dataset's ``DataInfo`` row the model is rebuilt from it (no data files) and the positions are the
+    readout's mean positions plus the shifter's shift at the mean eye position, for any readout (also those
+    whose positions come from cortical coordinates); a synthetic dataset's row also has the true RF centres,
+    mapped onto the same grid. Without the row: the stored ``*._mu`` positions, and no truth.
+    """
+    info = (DataInfo & {k: key[k] for k in Dataset.primary_key}).to_arrays("data_info")
+    if not len(info):
+        return {name.removesuffix("._mu"): {"learned": _xy(array), "true": None}
+                for name, array in state_dict.items() if name.endswith("._mu") and array.shape[-1] == 2}
+    model = TrainedModel().load_model(key, include_dataloader=False)
+    positions = {}
+    for data_key, item in info[0].items():
+        learned = learned_rf_positions(model, data_key)
+        view = positions[f"readout.{data_key}"] = {"learned": _xy(learned), "true": None}
+        if item.get("true_rf_centers") is not None:
+            true = to_core_output_grid(model, item["dims"][item["fields"][0]][1:], item["true_rf_centers"])
+            view.update(true=_xy(true), r_x=float(np.corrcoef(learned[:, 0], true[:, 0])[0, 1]),
+                        r_y=float(np.corrcoef(learned[:, 1], true[:, 1])[0, 1]),
+                        median_error=float(np.median(np.hypot(*(learned - true).T))))
+    return positions
+
+
+def _xy(array) -> tuple:
+    array = np.asarray(array).reshape(-1, 2)
+    return array[:, 0].tolist(), array[:, 1].tolist()
 
 
 def model(key) -> dict:
@@ -128,7 +165,7 @@ def model(key) -> dict:
             "device": row["device"], "duration": float(row["duration"]), "code_version": row["code_version"],
             "trained": row["trainedmodel_ts"], "fabrikant": row["fabrikant_name"],
             "configs": {t.role: (t & key).fetch1(f"{t.role}_config") for t in (Dataset, Model, Trainer)},
-            "curves": curves(row["output"]), "units": units, "aggregates": aggregates, "rf": rf_positions(weights[0]) if len(weights) else {}}
+            "curves": curves(row["output"]), "units": units, "aggregates": aggregates, "rf": rf_positions(key, weights[0]) if len(weights) else {}}
 
 
 def studies() -> list:

@@ -34,12 +34,42 @@ def unit_histograms(units: dict) -> str:
 
 
 def rf_positions(rf: dict) -> str:
-    """The learned readout positions of each readout, in the readout's grid coordinates."""
-    figure = go.Figure([go.Scatter(x=x, y=y, mode="markers", name=name, marker={"size": 5})
-                        for name, (x, y) in rf.items()])
-    figure.update_layout(title="learned RF positions (readout grid, -1..1)", xaxis_title="x", yaxis_title="y",
+    """Where each readout looks, in its core output's grid; with the truth (synthetic data), the true centres and a
+    line from each to its neuron's learned position."""
+    traces = []
+    for name, positions in rf.items():
+        (x, y), true = positions["learned"], positions["true"]
+        traces.append(go.Scatter(x=x, y=y, mode="markers", name=f"{name} learned", marker={"size": 5}))
+        if true is not None:
+            tx, ty = true
+            traces.append(go.Scatter(x=tx, y=ty, mode="markers", name=f"{name} true",
+                                     marker={"size": 6, "symbol": "x", "color": "black"}))
+            traces.append(go.Scatter(x=[v for a, b in zip(x, tx) for v in (a, b, None)],
+                                     y=[v for a, b in zip(y, ty) for v in (a, b, None)], mode="lines",
+                                     line={"width": 0.5, "color": "grey"}, name=f"{name} error", hoverinfo="skip"))
+    figure = go.Figure(traces)
+    figure.update_layout(title="RF positions (core output grid, -1..1)", xaxis_title="x", yaxis_title="y",
                          yaxis_scaleanchor="x", **LAYOUT)
     return _html(figure, "rf")
+
+
+def parameter_coordinates(trials: list, name: str) -> str:
+    """Parallel coordinates of the finished trials' parameters and score (categorical values by their index)."""
+    done = [t for t in trials if t["score"] is not None]
+    dimensions = []
+    for param in sorted({p for t in done for p in t["params"]}):
+        values = [t["params"].get(param) for t in done]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            dimensions.append({"label": param, "values": values})
+        else:
+            labels = sorted({str(v) for v in values})
+            dimensions.append({"label": param, "values": [labels.index(str(v)) for v in values],
+                               "tickvals": list(range(len(labels))), "ticktext": labels})
+    scores = [t["score"] for t in done]
+    figure = go.Figure(go.Parcoords(dimensions=[*dimensions, {"label": "score", "values": scores}],
+                                    line={"color": scores, "colorscale": "Viridis", "showscale": True}))
+    figure.update_layout(title=f"parameters of {name}'s trials", **LAYOUT)
+    return _html(figure, f"params-{name}")
 
 
 def optimisation_history(trials: list, name: str) -> str:
