@@ -140,6 +140,8 @@ class Worker:
         for key in keys:
             if self._stopping() or (table is TrainedModel and self._quota_left() == 0):
                 break
+            if not table.jobs.pending_now(key):  # taken or finished by another worker since the listing
+                continue
             result = table.populate(key, reserve_jobs=True, refresh=False, suppress_errors=True,
                                     return_exception_objects=True)
             failed = self._settle(table, result["error_list"])

@@ -51,6 +51,17 @@ class OwnedJob(Job):
         rows = self.connection.query(sql + (" FOR UPDATE" if lock else ""), args=(*pk.values(), *own_id().values()))
         return rows.fetchone() is not None
 
+    def pending_now(self, key: dict) -> bool:
+        """True while ``key`` waits in the queue: one query, where ``populate(key)`` would first reload the
+        headings of the table and its key source (a cheap check before trying a key another worker may have
+        taken or finished since the queue was listed)."""
+        q = self.adapter.quote_identifier
+        pk = self._get_pk(key)
+        where = " AND ".join(f"{q(name)}=%s" for name in pk)
+        rows = self.connection.query(f"SELECT 1 FROM {self.full_table_name} WHERE {where} AND {q('status')}='pending'",
+                                     args=tuple(pk.values()))
+        return rows.fetchone() is not None
+
     def complete(self, key: dict, duration=None) -> None:
         with atomic(self.connection):
             if self._still_ours(key, "completed"):
@@ -75,11 +86,20 @@ class OwnedJob(Job):
 
 
 class _OwnedJobs:
-    """Descriptor giving a computed table (class or instance) its :class:`OwnedJob`, declared on first use."""
+    """Descriptor giving a computed table (class or instance) its :class:`OwnedJob`, declared on first use.
+
+    The class's job table is kept per schema and connection, so ``Table.jobs`` does not load its heading anew
+    on every use."""
+
+    def __init__(self):
+        self._of_class = {}
 
     def __get__(self, obj, objtype=None):
         if obj is None:
-            obj = objtype()
+            bound = (objtype, objtype.database, id(objtype.connection))
+            if bound not in self._of_class:
+                self._of_class[bound] = self.__get__(objtype(), objtype)
+            return self._of_class[bound]
         if obj._jobs is None:
             obj._jobs = OwnedJob(obj)
             if not obj._jobs.is_declared:
