@@ -163,9 +163,11 @@ def test_every_served_page_shows_the_database_numbers_without_console_errors(fab
     rows = browser.find_elements(By.CSS_SELECTOR, models)
     stored = {data.model_id(k): k for k in lab["trained"]}
     assert sorted(r.get_attribute("data-model") for r in rows) == sorted(stored)
-    ensemble = browser.find_element(By.CSS_SELECTOR, f"#scores tr[data-model=ensemble-{lab['ensemble']['ensemble_hash'][:12]}]")
+    ensemble_id = "ensemble-" + lab["ensemble"]["ensemble_hash"][:12]
+    ensemble = browser.find_element(By.CSS_SELECTOR, f"#scores tr[data-model={ensemble_id}]")
     cell = ensemble.find_element(By.CSS_SELECTOR, "td[data-measure=test_correlation]")
-    value = (fabrik.EnsembleScore * fabrik.Measure & lab["ensemble"] & 'measure_name="test_correlation"').fetch1("value")
+    measure = {"measure_name": "test_correlation"}
+    value = (fabrik.EnsembleScore * fabrik.Measure & lab["ensemble"] & measure).fetch1("value")
     assert float(cell.text) == pytest.approx(value, abs=1e-4)
     assert ensemble.find_elements(By.TAG_NAME, "td")[1].text == "ensemble of 2"
     headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#scores th")]

@@ -92,7 +92,8 @@ def scores() -> tuple:
     rows.sort(key=lambda row: -row["validation"])
     ensemble_values = (EnsembleScore * Measure.proj("measure_name")).to_dicts()
     for ensemble in Ensemble.to_dicts(order_by="ensemble_ts"):
-        mine = {v["measure_name"]: v["value"] for v in ensemble_values if v["ensemble_hash"] == ensemble["ensemble_hash"]}
+        mine = {v["measure_name"]: v["value"] for v in ensemble_values
+                if v["ensemble_hash"] == ensemble["ensemble_hash"]}
         members = Ensemble.Member & {"ensemble_hash": ensemble["ensemble_hash"]}
         rows.append({"id": "ensemble-" + ensemble["ensemble_hash"][:12], "seed": f"ensemble of {len(members)}",
                      "comment": ensemble["ensemble_comment"], "validation": None,
@@ -165,7 +166,8 @@ def model(key) -> dict:
             "device": row["device"], "duration": float(row["duration"]), "code_version": row["code_version"],
             "trained": row["trainedmodel_ts"], "fabrikant": row["fabrikant_name"],
             "configs": {t.role: (t & key).fetch1(f"{t.role}_config") for t in (Dataset, Model, Trainer)},
-            "curves": curves(row["output"]), "units": units, "aggregates": aggregates, "rf": rf_positions(key, weights[0]) if len(weights) else {}}
+            "curves": curves(row["output"]), "units": units, "aggregates": aggregates,
+            "rf": rf_positions(key, weights[0]) if len(weights) else {}}
 
 
 def studies() -> list:
