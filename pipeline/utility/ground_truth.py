@@ -87,10 +87,16 @@ def truth_scores(model, dataloaders, dataset_path, device="cpu") -> dict:
         "truth_single_trial_without_behaviour": float(np.nanmean(scores.corr(responses, without_behaviour, axis=0))),
         "model_to_average": float(np.nanmean(scores.corr(means[0], means[1], axis=0))),
         "truth_to_average": float(np.nanmean(scores.corr(means[0], means[2], axis=0))),
-        "rf_r_x": float(np.corrcoef(learned[:, 0], true[:, 0])[0, 1]),
-        "rf_r_y": float(np.corrcoef(learned[:, 1], true[:, 1])[0, 1]),
-        "rf_median_error": float(np.median(np.hypot(*(learned - true).T))),
+        **{f"rf_{name}": value for name, value in rf_recovery(learned, true).items()},
     }
+
+
+def rf_recovery(learned: np.ndarray, true: np.ndarray) -> dict:
+    """How well learned RF positions (N, 2) match the true ones in the same grid: ``r_x``, ``r_y`` (Pearson r per
+    axis) and ``median_error`` (median distance)."""
+    return {"r_x": float(np.corrcoef(learned[:, 0], true[:, 0])[0, 1]),
+            "r_y": float(np.corrcoef(learned[:, 1], true[:, 1])[0, 1]),
+            "median_error": float(np.median(np.hypot(*(learned - true).T)))}
 
 
 def _neuron_rows(loader) -> np.ndarray:

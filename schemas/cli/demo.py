@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from pipeline.datasets import synthetic
 from pipeline.utility import ground_truth, plots
@@ -77,8 +76,7 @@ def write_figures(data_path, out: Path) -> list:
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=120, bbox_inches="tight")
         paths.append(out / name)
-    logger.info("RF position vs truth: r_x = %.3f, r_y = %.3f",
-                *(np.corrcoef(learned[:, i], true[:, i])[0, 1] for i in range(2)))
+    logger.info("RF position vs truth: r_x = %(r_x).3f, r_y = %(r_y).3f", ground_truth.rf_recovery(learned, true))
     return paths
 
 

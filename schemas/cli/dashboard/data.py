@@ -1,7 +1,7 @@
 """What the dashboard shows, read from the tables as plain Python values (it never writes)."""
 import numpy as np
 
-from pipeline.utility.ground_truth import learned_rf_positions, to_core_output_grid
+from pipeline.utility.ground_truth import learned_rf_positions, rf_recovery, to_core_output_grid
 
 from ...tables import (SCORE_TABLES, Checkpoint, DataInfo, Dataset, Ensemble, Experiment, Measure,
                        Model, PrunedModel, Study, TrainedModel, Trainer)
@@ -140,9 +140,7 @@ def rf_positions(key, state_dict) -> dict:
         view = positions[f"readout.{data_key}"] = {"learned": _xy(learned), "true": None}
         if item.get("true_rf_centers") is not None:
             true = to_core_output_grid(model, item["dims"][item["fields"][0]][1:], item["true_rf_centers"])
-            view.update(true=_xy(true), r_x=float(np.corrcoef(learned[:, 0], true[:, 0])[0, 1]),
-                        r_y=float(np.corrcoef(learned[:, 1], true[:, 1])[0, 1]),
-                        median_error=float(np.median(np.hypot(*(learned - true).T))))
+            view.update(true=_xy(true), **rf_recovery(learned, true))
     return positions
 
 

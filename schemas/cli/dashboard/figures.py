@@ -54,8 +54,11 @@ def rf_positions(rf: dict) -> str:
 
 
 def parameter_coordinates(trials: list, name: str) -> str:
-    """Parallel coordinates of the finished trials' parameters and score (categorical values by their index)."""
+    """Parallel coordinates of the finished trials' parameters and score (categorical values by their index);
+    empty while no trial has finished."""
     done = [t for t in trials if t["score"] is not None]
+    if not done:
+        return ""
     dimensions = []
     for param in sorted({p for t in done for p in t["params"]}):
         values = [t["params"].get(param) for t in done]

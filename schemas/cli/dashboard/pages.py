@@ -47,11 +47,9 @@ def render(path: str) -> str | None:
         return _render("scores.html", rows=rows, measures=measures, columns=columns)
     if path == "studies.html":
         studies = data.studies() if Study.is_declared else []
-        for study in studies:
-            finished = any(t["score"] is not None for t in study["trials"])
-            study["plot"] = figures.optimisation_history(study["trials"], study["name"])
-            study["params"] = figures.parameter_coordinates(study["trials"], study["name"]) if finished else ""
-        return _render("studies.html", studies=studies)
+        return _render("studies.html", studies=[{**s, "plot": figures.optimisation_history(s["trials"], s["name"]),
+                                                 "params": figures.parameter_coordinates(s["trials"], s["name"])}
+                                                for s in studies])
     if path.startswith("models/") and path.endswith(".html"):
         key = data.find_model(path.removeprefix("models/").removesuffix(".html"))
         if key is None:
